@@ -1,0 +1,131 @@
+"""The normal-data baseline every check is measured against.
+
+Normal data is split (seeded) into a *reference* part — the set that "far from normal data"
+is measured against — and a *held-out* part that calibrates thresholds and the distance
+scale without having been used for anything else.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .geometry import Domain, NearestNeighbours
+from .model.adapter import AutoencoderAdapter
+
+log = logging.getLogger(__name__)
+
+SCALE_QUANTILE = 0.99
+DEFAULT_FAR_MULTIPLE = 2.0
+
+
+@dataclass
+class Baseline:
+    """Thresholds, scale and domain derived from normal data.
+
+    ``tau_min``: the smallest loss of any normal sample (the paper's worst-case bar).
+    ``tau_op``: the operating threshold (given, or the ``1 − fpr`` quantile of held-out losses).
+    ``scale``: ``s``, the 99th percentile of held-out → reference nearest-neighbour distances.
+    ``min_distance``: ``δ``; a candidate is *far* when ``d(a) ≥ δ`` (default ``2·s``).
+    """
+
+    reference: torch.Tensor
+    heldout: torch.Tensor
+    reference_losses: np.ndarray
+    heldout_losses: np.ndarray
+    tau_min: float
+    tau_op: float
+    tau_op_source: str
+    scale: float
+    heldout_nn_distances: np.ndarray
+    min_distance: float
+    min_distance_source: str
+    domain: Domain
+    fpr: float
+    neighbours: NearestNeighbours = field(repr=False)
+    reference_indices: np.ndarray = field(repr=False, default=None)
+
+    def far_enough(self, distances: torch.Tensor) -> torch.Tensor:
+        return distances >= self.min_distance
+
+    def severity(self, loss: float, distance: float, tau_min: float | None = None, tau_op: float | None = None) -> str | None:
+        """``critical`` (loss ≤ τ_min and far), ``high`` (loss ≤ τ_op and far) or ``None``."""
+        tau_min = self.tau_min if tau_min is None else tau_min
+        tau_op = self.tau_op if tau_op is None else tau_op
+        if distance < self.min_distance:
+            return None
+        if loss <= tau_min:
+            return "critical"
+        if loss <= tau_op:
+            return "high"
+        return None
+
+    def summary(self) -> dict:
+        q = np.quantile(self.heldout_losses, [0.0, 0.5, 0.99, 1.0]) if len(self.heldout_losses) else [np.nan] * 4
+        return {
+            "n_reference": int(self.reference.shape[0]),
+            "n_heldout": int(self.heldout.shape[0]),
+            "tau_min": self.tau_min,
+            "tau_op": self.tau_op,
+            "tau_op_source": self.tau_op_source,
+            "fpr": self.fpr,
+            "scale": self.scale,
+            "scale_definition": f"{int(SCALE_QUANTILE * 100)}th percentile of held-out → reference nearest-neighbour distances",
+            "min_distance": self.min_distance,
+            "min_distance_source": self.min_distance_source,
+            "domain": self.domain.to_dict(),
+            "heldout_loss_quantiles": {"min": float(q[0]), "median": float(q[1]), "p99": float(q[2]), "max": float(q[3])},
+        }
+
+
+def split_indices(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if n < 5:
+        raise InputError(f"normal data has {n} samples; aeaudit needs at least 5 (reference and held-out parts)")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    n_held = min(max(1, int(round(n * heldout_fraction))), n - 1)
+    return np.sort(order[n_held:]), np.sort(order[:n_held])
+
+
+def compute_baseline(adapter: AutoencoderAdapter, data: np.ndarray, domain: Domain, *, seed: int = 0,
+                     heldout_fraction: float = 0.2, fpr: float = 0.01, threshold: float | None = None,
+                     min_distance: float | None = None, batch_size: int = 1024) -> Baseline:
+    """Split, measure losses and distances, and derive ``τ_min``, ``τ_op``, ``s`` and ``δ``."""
+    if not 0 < fpr < 1:
+        raise InputError(f"--fpr {fpr}: must lie strictly between 0 and 1")
+    ref_idx, held_idx = split_indices(len(data), heldout_fraction, seed)
+    device, dtype = adapter.device, adapter.dtype
+    reference = torch.as_tensor(np.asarray(data[ref_idx]), dtype=dtype).to(device)
+    heldout = torch.as_tensor(np.asarray(data[held_idx]), dtype=dtype).to(device)
+    ref_losses = adapter.losses(reference, batch_size).double().cpu().numpy()
+    held_losses = adapter.losses(heldout, batch_size).double().cpu().numpy()
+    if not (np.isfinite(ref_losses).all() and np.isfinite(held_losses).all()):
+        raise InputError("the model's reconstruction loss is NaN or inf on normal data; check the data's scale and the model")
+    tau_min = float(min(ref_losses.min(), held_losses.min()))
+    if threshold is not None:
+        tau_op, tau_src = float(threshold), "--threshold"
+    else:
+        tau_op = float(np.quantile(held_losses, 1.0 - fpr, method="higher"))
+        tau_src = f"{1 - fpr:.4g} quantile of held-out normal losses (--fpr {fpr:g})"
+    neighbours = NearestNeighbours(reference)
+    with torch.no_grad():
+        held_d, _ = neighbours.query(heldout)
+    held_d = held_d.double().cpu().numpy()
+    scale = float(np.quantile(held_d, SCALE_QUANTILE))
+    if not scale > 0:
+        nonzero = held_d[held_d > 0]
+        scale = float(np.median(nonzero)) if len(nonzero) else 1.0
+        log.warning("held-out data duplicates the reference set; distance scale falls back to %.3g", scale)
+    if min_distance is not None:
+        delta, delta_src = float(min_distance), "--min-distance"
+    else:
+        delta, delta_src = DEFAULT_FAR_MULTIPLE * scale, f"{DEFAULT_FAR_MULTIPLE:g} × s (default)"
+    return Baseline(
+        reference=reference, heldout=heldout, reference_losses=ref_losses, heldout_losses=held_losses,
+        tau_min=tau_min, tau_op=tau_op, tau_op_source=tau_src, scale=scale, heldout_nn_distances=held_d,
+        min_distance=delta, min_distance_source=delta_src, domain=domain, fpr=fpr, neighbours=neighbours,
+        reference_indices=ref_idx,
+    )

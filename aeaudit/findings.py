@@ -1,0 +1,206 @@
+"""Findings: verified adversarial anomalies and certificates.
+
+Probes propose *candidates*; nothing becomes a finding until its loss (or score) and its
+distance to the normal reference set have been recomputed in float64 on the CPU.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .baseline import Baseline
+from .geometry import NearestNeighbours
+from .model.adapter import AutoencoderAdapter
+
+log = logging.getLogger(__name__)
+
+SEVERITY_RANK = {"critical": 0, "high": 1}
+PREFILTER_LOSS_SLACK = 1.5  # candidates up to 1.5·τ in the model's dtype go on to verification
+PREFILTER_DISTANCE_SLACK = 0.9
+MAX_VERIFY = 4096
+MERGE_FRACTION = 0.25  # findings closer than 0.25·s to a better one are near-duplicates
+
+
+@dataclass
+class Candidates:
+    """What a search proposes: inputs (data space) and, optionally, the latents they came from."""
+
+    x: torch.Tensor
+    probe: str
+    latent: torch.Tensor | None = None
+    kind: str = "adversarial"
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+@dataclass
+class Finding:
+    kind: str
+    probe: str
+    severity: str
+    loss: float
+    loss_ratio: float
+    loss_ratio_min: float
+    distance: float
+    distance_ratio: float
+    verified: bool
+    nearest_index: int
+    objective: str = "recon"
+    score: float | None = None
+    score_threshold: float | None = None
+    x: np.ndarray | None = field(default=None, repr=False)
+    reconstruction: np.ndarray | None = field(default=None, repr=False)
+    latent: list[float] | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, with_arrays: bool = True) -> dict[str, Any]:
+        out = {
+            "kind": self.kind, "probe": self.probe, "severity": self.severity, "objective": self.objective,
+            "loss": self.loss, "loss_ratio": self.loss_ratio, "loss_ratio_min": self.loss_ratio_min,
+            "distance": self.distance, "distance_ratio": self.distance_ratio, "verified": self.verified,
+            "nearest_index": self.nearest_index, "score": self.score, "score_threshold": self.score_threshold,
+            "latent": self.latent, "details": self.details,
+        }
+        if with_arrays and self.x is not None:
+            out["x"] = _round_list(self.x)
+            out["reconstruction"] = _round_list(self.reconstruction) if self.reconstruction is not None else None
+        return out
+
+
+def _round_list(a: np.ndarray) -> list:
+    return np.asarray(a, dtype=np.float32).astype(float).round(6).tolist()
+
+
+def rank_key(f: Finding) -> tuple:
+    return (SEVERITY_RANK.get(f.severity, 9), -f.distance_ratio, f.loss)
+
+
+class Verifier:
+    """Recomputes losses and distances in float64 on the CPU."""
+
+    def __init__(self, adapter: AutoencoderAdapter, baseline: Baseline):
+        self.baseline = baseline
+        try:
+            self.adapter = adapter.to("cpu", torch.float64)
+            self.dtype = torch.float64
+        except Exception as exc:  # some compiled graphs hard-code float32
+            log.warning("float64 copy of the model failed (%s); verifying in %s on the CPU", exc, adapter.dtype)
+            self.adapter = adapter.to("cpu", adapter.dtype)
+            self.dtype = adapter.dtype
+        self.neighbours = NearestNeighbours(baseline.reference.detach().to("cpu", torch.float64))
+        self.reference_indices = baseline.reference_indices
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).replace("torch.", "")
+
+    @torch.no_grad()
+    def measure(self, x: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return float64 ``(loss, distance, nearest reference index, reconstruction)``."""
+        losses, dists, idxs, recs = [], [], [], []
+        for i in range(0, x.shape[0], batch_size):
+            xb = x[i : i + batch_size].detach().to("cpu", self.dtype)
+            loss, rec = self.adapter.loss_and_reconstruction(xb)
+            d, j = self.neighbours.query(xb.to(torch.float64))
+            losses.append(loss.double())
+            recs.append(rec.double())
+            dists.append(d)
+            idxs.append(j)
+        if not losses:
+            empty = np.empty(0)
+            return empty, empty, empty.astype(int), np.empty((0, *x.shape[1:]))
+        return (torch.cat(losses).numpy(), torch.cat(dists).numpy(), torch.cat(idxs).numpy(), torch.cat(recs).numpy())
+
+
+def prefilter(cands: Candidates, adapter: AutoencoderAdapter, baseline: Baseline,
+              score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, threshold: float | None = None) -> Candidates:
+    """Cheap screening in the model's dtype on its device before float64 verification."""
+    if len(cands) == 0:
+        return cands
+    threshold = baseline.tau_op if threshold is None else threshold
+    with torch.no_grad():
+        x = cands.x.to(adapter.device, adapter.dtype)
+        score = adapter.batched(score_fn or adapter.loss, x)
+        dist = torch.cat([baseline.neighbours.query(x[i : i + 4096])[0] for i in range(0, x.shape[0], 4096)])
+    keep = (score <= threshold * PREFILTER_LOSS_SLACK) & (dist >= baseline.min_distance * PREFILTER_DISTANCE_SLACK)
+    keep &= torch.isfinite(score)
+    idx = torch.nonzero(keep).flatten()
+    if idx.numel() > MAX_VERIFY:
+        idx = idx[torch.argsort(score[idx])[:MAX_VERIFY]]
+    idx = idx.cpu()
+    return Candidates(x=cands.x[idx].cpu(), probe=cands.probe,
+                      latent=cands.latent[idx].cpu() if cands.latent is not None else None, kind=cands.kind)
+
+
+def verify(cands: Candidates, verifier: Verifier, *, objective: str = "recon",
+           score_fn64: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           tau_min: float | None = None, tau_op: float | None = None) -> list[Finding]:
+    """Turn screened candidates into verified findings (float64, CPU).
+
+    For ``objective == "recon"`` severity follows the loss; for a scorer's adaptive search,
+    ``score_fn64`` gives the float64 score and ``tau_min``/``tau_op`` its thresholds.
+    """
+    if len(cands) == 0:
+        return []
+    b = verifier.baseline
+    loss, dist, nn_idx, rec = verifier.measure(cands.x)
+    if score_fn64 is not None:
+        with torch.no_grad():
+            score = score_fn64(cands.x.detach().to("cpu", verifier.dtype)).double().cpu().numpy()
+    else:
+        score = loss
+    t_min = b.tau_min if tau_min is None else tau_min
+    t_op = b.tau_op if tau_op is None else tau_op
+    findings = []
+    for i in np.flatnonzero(np.isfinite(score)):
+        sev = b.severity(float(score[i]), float(dist[i]), t_min, t_op)
+        if sev is None:
+            continue
+        findings.append(Finding(
+            kind=cands.kind, probe=cands.probe, severity=sev, objective=objective,
+            loss=float(loss[i]), loss_ratio=float(loss[i] / b.tau_op), loss_ratio_min=float(loss[i] / b.tau_min) if b.tau_min > 0 else float("inf"),
+            distance=float(dist[i]), distance_ratio=float(dist[i] / b.scale), verified=True,
+            nearest_index=int(b.reference_indices[nn_idx[i]]) if b.reference_indices is not None else int(nn_idx[i]),
+            score=float(score[i]) if score_fn64 is not None else None,
+            score_threshold=t_op if score_fn64 is not None else None,
+            x=cands.x[i].detach().cpu().double().numpy(), reconstruction=rec[i],
+            latent=cands.latent[i].detach().cpu().double().flatten().tolist() if cands.latent is not None else None,
+        ))
+    return findings
+
+
+def merge_and_rank(findings: list[Finding], scale: float, top_k: int = 64) -> tuple[list[Finding], dict[str, int]]:
+    """Merge near-duplicates (closer than ``MERGE_FRACTION · s`` to a better-ranked finding), rank,
+    and keep the arrays of the top ``top_k``. Returns ``(findings, counts)``."""
+    counts = {"verified": len(findings)}
+    ordered = sorted(findings, key=rank_key)
+    array_findings = [f for f in ordered if f.x is not None]
+    others = [f for f in ordered if f.x is None]
+    kept: list[Finding] = []
+    if array_findings:
+        X = torch.as_tensor(np.stack([f.x.reshape(-1) for f in array_findings]))
+        radius = MERGE_FRACTION * scale
+        taken = torch.zeros(len(array_findings), dtype=torch.bool)
+        for i in range(len(array_findings)):  # greedy over ranked findings; vectorised per step
+            if taken[i]:
+                continue
+            kept.append(array_findings[i])
+            near = (X[i + 1 :] - X[i]).norm(dim=1) < radius
+            duplicates = int(near.sum())
+            taken[i + 1 :] |= near
+            array_findings[i].details.setdefault("merged_duplicates", duplicates)
+    result = sorted(kept + others, key=rank_key)
+    for f in result[top_k:]:
+        f.x = f.reconstruction = None
+    counts.update({
+        "reported": len(result),
+        "critical": sum(f.severity == "critical" for f in result),
+        "high": sum(f.severity == "high" for f in result),
+        "merged_duplicates": len(findings) - len(result),
+    })
+    return result, counts

@@ -1,0 +1,111 @@
+"""Exact nearest-neighbour distances and the input domain.
+
+Distances use the GEMM identity ``||q−r||² = ||q||² + ||r||² − 2 q·r`` in chunks, so memory
+stays bounded and the work runs as matrix products on the chosen device. The identity loses
+precision when distances are tiny next to the norms, so the nearest candidates it finds
+are re-measured directly (``refine``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+
+class NearestNeighbours:
+    """Exact 1-NN distances from query points to a fixed reference set.
+
+    ``reference`` is flattened to ``[M, n]`` and kept on its device; its squared norms are
+    cached. ``chunk_elements`` bounds the size of each distance block (queries × reference).
+    """
+
+    def __init__(self, reference: torch.Tensor, chunk_elements: int = 1 << 24, refine: int = 4):
+        self.reference = reference.reshape(reference.shape[0], -1)
+        self.ref_sq = self.reference.pow(2).sum(dim=1)
+        self.chunk_elements = chunk_elements
+        self.refine = refine
+
+    def query(self, queries: torch.Tensor, exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(distances [N], indices [N])`` of each query's nearest reference sample.
+
+        Differentiable w.r.t. ``queries`` (the distance to the selected neighbour is recomputed
+        directly). ``exclude_self`` skips exact duplicates at distance 0 (for leave-one-out scales).
+        """
+        q = queries.reshape(queries.shape[0], -1).to(self.reference.dtype)
+        m = self.reference.shape[0]
+        k = min(self.refine, m)
+        q_block = max(1, self.chunk_elements // max(m, 1))
+        cand_idx = []
+        with torch.no_grad():
+            for i in range(0, q.shape[0], q_block):
+                qb = q[i : i + q_block]
+                d2 = (qb.pow(2).sum(dim=1, keepdim=True) + self.ref_sq.unsqueeze(0)
+                      - 2.0 * qb @ self.reference.T)
+                if exclude_self:
+                    d2 = torch.where(d2 <= 1e-12 * (1 + self.ref_sq.unsqueeze(0)), torch.inf, d2)
+                cand_idx.append(torch.topk(d2, k, dim=1, largest=False).indices)
+        idx = torch.cat(cand_idx) if cand_idx else torch.empty(0, k, dtype=torch.long, device=q.device)
+        # direct re-measure of the k candidates: exact where the GEMM identity is not
+        diffs = q.unsqueeze(1) - self.reference[idx]  # [N, k, n]
+        dist = diffs.pow(2).sum(dim=2).clamp_min(0).sqrt()
+        if exclude_self:
+            dist = torch.where(dist == 0, torch.inf, dist)
+        best = dist.argmin(dim=1)
+        rows = torch.arange(q.shape[0], device=q.device)
+        return dist[rows, best], idx[rows, best]
+
+
+def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk_elements: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convenience wrapper: exact 1-NN distances from ``queries`` to ``reference``."""
+    return NearestNeighbours(reference, chunk_elements).query(queries)
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The declared input domain: a box ``[low, high]`` (scalars) or unbounded."""
+
+    low: float | None
+    high: float | None
+    mode: str
+    reason: str
+
+    @property
+    def bounded(self) -> bool:
+        return self.low is not None and self.high is not None
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(self.low, self.high) if self.bounded else x
+
+    def to_dict(self) -> dict:
+        return {"low": self.low, "high": self.high, "mode": self.mode, "reason": self.reason}
+
+
+def resolve_domain(spec: str, data: np.ndarray) -> Domain:
+    """``auto`` | ``none`` | ``LO,HI`` → :class:`Domain`.
+
+    ``auto`` recognises the usual image ranges from the normal data: [0, 1], [-1, 1] and
+    [0, 255]; anything else (tabular features) is left unbounded, because a bounded box fitted
+    to the data would forbid exactly the far-away inputs the audit looks for.
+    """
+    spec = (spec or "auto").strip().lower()
+    if spec == "none":
+        return Domain(None, None, "none", "unbounded (--bounds none)")
+    if spec != "auto":
+        try:
+            lo, hi = (float(v) for v in spec.split(","))
+        except ValueError:
+            raise InputError(f"--bounds {spec!r}: use auto, none or LO,HI (e.g. 0,1)") from None
+        if not lo < hi:
+            raise InputError(f"--bounds {spec!r}: LO must be smaller than HI")
+        return Domain(lo, hi, "explicit", f"[{lo:g}, {hi:g}] (--bounds)")
+    lo, hi = float(np.min(data)), float(np.max(data))
+    is_int = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(np.asarray(data[: min(len(data), 256)]), 1) == 0))
+    for low, high in ((0.0, 1.0), (-1.0, 1.0)):
+        if lo >= low and hi <= high and (hi - lo) > 0.5 * (high - low):
+            return Domain(low, high, "auto", f"[{low:g}, {high:g}]: the normal data spans {lo:.3g}..{hi:.3g}")
+    if lo >= 0 and hi <= 255 and hi > 127 and is_int:
+        return Domain(0.0, 255.0, "auto", f"[0, 255]: integer data spanning {lo:.3g}..{hi:.3g}")
+    return Domain(None, None, "auto", f"unbounded: the normal data spans {lo:.3g}..{hi:.3g}, not a standard image range")

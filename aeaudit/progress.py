@@ -1,0 +1,42 @@
+"""Progress bars: rich on a terminal, silent with --quiet or when output is not a TTY."""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class _Task:
+    def __init__(self, progress, task_id):
+        self._progress, self._id = progress, task_id
+
+    def advance(self, n: float = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._id, n)
+
+    def update(self, **kwargs) -> None:
+        if self._progress is not None:
+            self._progress.update(self._id, **kwargs)
+
+
+class Reporter:
+    """Hands out progress tasks; a disabled reporter does nothing."""
+
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._progress = None
+
+    @contextmanager
+    def task(self, description: str, total: float | None = None) -> Iterator[_Task]:
+        if not self.enabled:
+            yield _Task(None, None)
+            return
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+                      TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as progress:
+            task_id = progress.add_task(description, total=total)
+            yield _Task(progress, task_id)
+
+
+SILENT = Reporter(enabled=False)

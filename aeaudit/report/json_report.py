@@ -1,0 +1,54 @@
+"""``report.json``: the machine-readable audit (schema in docs/report-schema.md)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import write_text
+
+TIMING_KEYS = ("timings", "seconds")
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: numpy → Python, non-finite floats → strings ("inf", "nan")."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        v = float(obj)
+        return v if math.isfinite(v) else ("inf" if v > 0 else "-inf" if v < 0 else "nan")
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return obj
+
+
+def to_json(result_dict: dict[str, Any]) -> str:
+    return json.dumps(_clean(result_dict), indent=1, sort_keys=False, allow_nan=False)
+
+
+def write_json(result, path: str | Path) -> Path:
+    """Write ``result`` (an AuditResult or its dict) to ``path`` atomically."""
+    data = result if isinstance(result, dict) else result.to_dict()
+    return write_text(path, to_json(data))
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def strip_timings(obj: Any) -> Any:
+    """The report without wall-clock fields, for comparing runs (same seed → same report)."""
+    if isinstance(obj, dict):
+        return {k: strip_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [strip_timings(v) for v in obj]
+    return obj

@@ -1,0 +1,62 @@
+"""The terminal summary of a scan: verdict first, then the numbers behind it."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10) -> None:
+    gate = report["gate"]
+    style = "bold red" if gate["failed"] else ("bold yellow" if report["errors"] else "bold green")
+    console.print(f"[{style}]{report['verdict']}[/]")
+    if report["status"] != "complete":
+        console.print("[yellow]status: incomplete — the budget or an interrupt cut the work short; results so far are kept[/]")
+    m, d, t = report["model"], report["data"], report["thresholds"]
+    latent = m.get("latent_shape")
+    console.print(f"model: {m['format']} · {m['n_parameters']:,} parameters · latent {latent if latent else 'none'} · "
+                  f"{'piecewise-linear' if m['piecewise_linear'] else 'smooth/other'} · {m['device']}")
+    console.print(f"data: {d['n_samples']} normal samples of shape {tuple(d['sample_shape'])} · "
+                  f"domain {t['domain']['reason']}")
+    console.print(f"τ_min {t['tau_min']:.4g} · τ_op {t['tau_op']:.4g} ({t['tau_op_source']}) · "
+                  f"s {t['scale']:.4g} · far ≥ {t['min_distance']:.4g} ({t['min_distance_source']})")
+
+    probes = Table(title="checks", show_lines=False)
+    for col in ("probe", "status", "evaluations", "seconds", "note"):
+        probes.add_column(col)
+    for p in report["probes"]:
+        probes.add_row(p["probe"], p["status"], str(p["evaluations"]), f"{p['seconds']:.1f}", p["reason"][:70])
+    console.print(probes)
+
+    findings = report["findings"]
+    if findings:
+        table = Table(title=f"findings (top {min(max_rows, len(findings))} of {len(findings)})")
+        for col in ("#", "severity", "kind", "probe", "loss", "loss/τ_op", "distance", "d/s"):
+            table.add_column(col)
+        for i, f in enumerate(findings[:max_rows]):
+            table.add_row(str(i + 1), f["severity"], f["kind"], f["probe"], _fmt(f["loss"]), _fmt(f["loss_ratio"]),
+                          _fmt(f["distance"]), _fmt(f["distance_ratio"]))
+        console.print(table)
+    else:
+        console.print("findings: none found within budget")
+
+    rows = report.get("scorers", {}).get("table") or []
+    if rows:
+        table = Table(title="scorer comparison")
+        cols = ["scorer", "transferred detection", "AUROC", "adaptive findings", "best d/s", "best score/τ", "verdict"]
+        for col in cols:
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["scorer"], _fmt(r.get("transferred_detection_rate")), _fmt(r.get("auroc")),
+                          _fmt(r.get("adaptive_findings")), _fmt(r.get("adaptive_best_distance_ratio")),
+                          _fmt(r.get("adaptive_best_loss_ratio")), r.get("verdict", ""))
+        console.print(table)
+    for err in report["errors"]:
+        console.print(f"[red]error: {err}[/]")
