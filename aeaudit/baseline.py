@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 SCALE_QUANTILE = 0.99
 DEFAULT_FAR_MULTIPLE = 2.0
+HISTOGRAM_POINTS = 512  # quantiles of a loss distribution kept in report.json for its histogram
 
 
 @dataclass
@@ -78,7 +79,18 @@ class Baseline:
             "min_distance_source": self.min_distance_source,
             "domain": self.domain.to_dict(),
             "heldout_loss_quantiles": {"min": float(q[0]), "median": float(q[1]), "p99": float(q[2]), "max": float(q[3])},
+            "heldout_loss_sample": quantile_sample(self.heldout_losses),
         }
+
+
+def quantile_sample(values: np.ndarray, n: int = HISTOGRAM_POINTS) -> list[float]:
+    """A compact stand-in for a distribution: all values when there are at most ``n``, else ``n``
+    evenly spaced quantiles (same histogram shape), rounded to 6 significant digits."""
+    v = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    v = v[np.isfinite(v)]
+    if len(v) > n:
+        v = np.quantile(v, np.linspace(0.0, 1.0, n))
+    return [float(f"{x:.6g}") for x in v]
 
 
 def split_indices(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -46,6 +46,7 @@ class ScanConfig:
     fail_on: str = "high"
     quiet: bool = False
     command_line: str = ""
+    config_file: str = ""  # the settings file the CLI read, if any
 
     def __post_init__(self) -> None:
         if self.fail_on not in FAIL_ON:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ def _read(path: Path, key: str | None) -> Any:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
+            with open(path, "rb") as fh:
+                if fh.read(6) != b"\x93NUMPY":
+                    raise InputError(f"{path}: not a .npy file (no NumPy header); save it with numpy.save")
             return np.load(path, mmap_mode="r", allow_pickle=False)
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
@@ -60,7 +64,9 @@ def _read(path: Path, key: str | None) -> Any:
         if suffix in (".csv", ".tsv", ".txt"):
             return _read_table(path, "\t" if suffix == ".tsv" else None)
         if suffix in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # the weights-only unpickler's protocol warning is noise here
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
                 if key is None or key not in obj:
                     raise InputError(f"{path} holds a dict with keys {', '.join(map(str, obj))}; choose one with --data-key")
@@ -71,10 +77,10 @@ def _read(path: Path, key: str | None) -> Any:
     except InputError:
         raise
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise InputError(f"{path}: unreadable or truncated {suffix} file ({type(exc).__name__}: {first})") from None
     except Exception as exc:  # the pickle guard of torch.load and other format errors
-        first = (str(exc).strip().splitlines() or [""])[0]
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise InputError(f"{path}: cannot read ({type(exc).__name__}: {first})") from None
     raise InputError(f"{path}: unsupported data format {suffix or '(none)'}; use one of {', '.join(SUFFIXES)}")
 

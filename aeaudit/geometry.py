@@ -28,29 +28,43 @@ class NearestNeighbours:
         self.chunk_elements = chunk_elements
         self.refine = refine
 
-    def query(self, queries: torch.Tensor, exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _nearest_indices(self, q: torch.Tensor, k: int, exclude_self: bool) -> torch.Tensor:
+        """Indices ``[N, k]`` of the ``k`` nearest references by the GEMM identity (no grad)."""
+        m = self.reference.shape[0]
+        q_block = max(1, self.chunk_elements // max(m, 1))
+        out = []
+        with torch.no_grad():
+            for i in range(0, q.shape[0], q_block):
+                qb = q[i : i + q_block]
+                # ||r||² − 2 q·r ranks references like the full distance: ||q||² is the same along a row
+                part = torch.addmm(self.ref_sq.unsqueeze(0), qb, self.reference.T, alpha=-2.0)
+                if exclude_self:
+                    d2 = part + qb.pow(2).sum(dim=1, keepdim=True)
+                    part = torch.where(d2 <= 1e-12 * (1 + self.ref_sq.unsqueeze(0)), torch.inf, part)
+                out.append(torch.topk(part, k, dim=1, largest=False, sorted=False).indices)
+        return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long, device=q.device)
+
+    def _direct(self, q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Distances ``[N, k]`` from each query to its candidate references, measured directly in blocks."""
+        rows = max(1, self.chunk_elements // max(idx.shape[1] * q.shape[1], 1))
+        parts = [(q[i : i + rows].unsqueeze(1) - self.reference[idx[i : i + rows]]).pow(2).sum(dim=2).sqrt()
+                 for i in range(0, q.shape[0], rows)]
+        return torch.cat(parts) if parts else q.new_empty(0, idx.shape[1])
+
+    def query(self, queries: torch.Tensor, exclude_self: bool = False,
+              refine: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(distances [N], indices [N])`` of each query's nearest reference sample.
 
         Differentiable w.r.t. ``queries`` (the distance to the selected neighbour is recomputed
         directly). ``exclude_self`` skips exact duplicates at distance 0 (for leave-one-out scales).
+        ``refine`` overrides how many GEMM candidates are re-measured (1 is enough for a search
+        step, where a near-tie between two neighbours does not matter; verification uses the default).
         """
         q = queries.reshape(queries.shape[0], -1).to(self.reference.dtype)
-        m = self.reference.shape[0]
-        k = min(self.refine, m)
-        q_block = max(1, self.chunk_elements // max(m, 1))
-        cand_idx = []
-        with torch.no_grad():
-            for i in range(0, q.shape[0], q_block):
-                qb = q[i : i + q_block]
-                d2 = (qb.pow(2).sum(dim=1, keepdim=True) + self.ref_sq.unsqueeze(0)
-                      - 2.0 * qb @ self.reference.T)
-                if exclude_self:
-                    d2 = torch.where(d2 <= 1e-12 * (1 + self.ref_sq.unsqueeze(0)), torch.inf, d2)
-                cand_idx.append(torch.topk(d2, k, dim=1, largest=False).indices)
-        idx = torch.cat(cand_idx) if cand_idx else torch.empty(0, k, dtype=torch.long, device=q.device)
+        k = self.refine if refine is None else max(1, refine)
+        idx = self._nearest_indices(q, min(k, self.reference.shape[0]), exclude_self)
         # direct re-measure of the k candidates: exact where the GEMM identity is not
-        diffs = q.unsqueeze(1) - self.reference[idx]  # [N, k, n]
-        dist = diffs.pow(2).sum(dim=2).clamp_min(0).sqrt()
+        dist = self._direct(q, idx)
         if exclude_self:
             dist = torch.where(dist == 0, torch.inf, dist)
         best = dist.argmin(dim=1)

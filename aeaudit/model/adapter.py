@@ -8,6 +8,7 @@ the loss is measured where the model was trained: in its own input space.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -169,7 +170,9 @@ class AutoencoderAdapter:
         """
         device = torch.device(device) if device is not None else self.device
         dtype = dtype or self.dtype
-        module = copy.deepcopy(self.module).to(device=device, dtype=dtype).eval()
+        with warnings.catch_warnings():  # copying an exported graph trips torch-internal deprecation warnings
+            warnings.simplefilter("ignore", FutureWarning)
+            module = eval_mode(copy.deepcopy(self.module).to(device=device, dtype=dtype))
         enc, dec = _rebind_split(module, self._encoder_path, self._decoder_path, self.encoder, self.decoder)
         return AutoencoderAdapter(
             module=module,
@@ -186,6 +189,15 @@ class AutoencoderAdapter:
             _decoder_path=self._decoder_path,
             checkpoint_extras=self.checkpoint_extras,
         )
+
+
+def eval_mode(module: nn.Module) -> nn.Module:
+    """``module.eval()``, except for ``torch.export`` programs, which refuse ``eval()``: their
+    train/eval behaviour (dropout, batch norm) was fixed when they were exported."""
+    try:
+        return module.eval()
+    except NotImplementedError:
+        return module
 
 
 def resolve_path(module: nn.Module, path: str) -> Callable[[torch.Tensor], torch.Tensor]:

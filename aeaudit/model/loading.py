@@ -6,11 +6,13 @@ Safety rule: nothing is unpickled with arbitrary globals unless the caller passe
 from __future__ import annotations
 
 import hashlib
+import io
 import importlib
 import importlib.util
 import logging
-import pickle
+import math
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +23,14 @@ from torch import nn
 
 from ..errors import InputError, UntrustedCheckpointError
 from ..zoo import MLPAutoencoder
-from .adapter import AutoencoderAdapter, Standardizer, resolve_path
+from .adapter import AutoencoderAdapter, Standardizer, eval_mode, resolve_path
 from .inventory import describe
 
 log = logging.getLogger(__name__)
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network", "weights", "params")
 SPLIT_CANDIDATES = (("encoder", "decoder"), ("enc", "dec"), ("encode", "decode"))
+TORCHSCRIPT_EXTRAS = "aeaudit_extras.pt"  # checkpoint extras inside a TorchScript archive (aeaudit harden)
 TRUST_HINT = "pass --trust-checkpoint (trust_checkpoint=True) only if you trust where the file came from"
 
 
@@ -94,16 +97,26 @@ def build_architecture(spec: str, activation: str = "relu", output_activation: s
         module_spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[mod_name] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:
+            sys.modules.pop(mod_name, None)
+            raise InputError(f"--arch {spec}: running {target} failed ({_one_line(exc)})") from None
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as exc:
-            raise InputError(f"--arch {spec}: cannot import {target} ({exc})") from None
+            raise InputError(f"--arch {spec}: cannot import {target} ({exc}); is its folder on PYTHONPATH?") from None
+        except Exception as exc:
+            raise InputError(f"--arch {spec}: importing {target} failed ({_one_line(exc)})") from None
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise InputError(f"--arch {spec}: {target} has no callable {factory_name!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as exc:
+        raise InputError(f"--arch {spec}: {factory_name}() failed ({_one_line(exc)}); it must build the model "
+                         "with no arguments") from None
     if not isinstance(model, nn.Module):
         raise InputError(f"--arch {spec}: {factory_name}() returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -127,18 +140,18 @@ def _read_checkpoint(path: Path, trust: bool) -> tuple[Any, str]:
         try:
             program = torch.export.load(str(path))
         except Exception as exc:
-            raise InputError(f"{path}: not a readable torch.export program ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+            raise InputError(f"{path}: not a readable torch.export program ({_one_line(exc)})") from None
         return program, "torch.export"
     if names and any("/code/" in n or n.endswith("constants.pkl") for n in names):
         try:
             return torch.jit.load(str(path), map_location="cpu"), "torchscript"
         except Exception as exc:
-            raise InputError(f"{path}: not a readable TorchScript archive ({type(exc).__name__}: {exc})".splitlines()[0]) from None
+            raise InputError(f"{path}: not a readable TorchScript archive ({_one_line(exc)})") from None
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True), "state_dict"
-    except pickle.UnpicklingError as exc:
-        safe_error = exc
-    except Exception as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(str(path), map_location="cpu", weights_only=True), "state_dict"
+    except Exception as exc:  # UnpicklingError: objects beyond tensors, refused below unless trusted
         if names is None and not _looks_like_pickle(path):
             raise InputError(f"{path}: not a checkpoint aeaudit can read ({_one_line(exc)}); "
                              "expected TorchScript, .pt2, a torch.save'd state_dict or a pickled model") from None
@@ -160,15 +173,26 @@ def _read_checkpoint(path: Path, trust: bool) -> tuple[Any, str]:
         raise InputError(f"{path}: cannot unpickle ({_one_line(exc)}; safe load said: {_one_line(safe_error)})") from None
 
 
+# Pickle protocol ≥ 2 opens with 0x80; joblib may compress its pickle with zlib, gzip, bz2, xz or lzma.
+PICKLE_MAGICS = (b"\x80", b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"]\x00\x00")
+
+
 def _looks_like_pickle(path: Path) -> bool:
     with open(path, "rb") as fh:
-        head = fh.read(2)
-    return len(head) == 2 and head[0] == 0x80
+        head = fh.read(6)
+    return head.startswith(PICKLE_MAGICS)
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, limit: int = 200) -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
+    first = text[0] if text else ""
+    if first.startswith("The following operation failed in the TorchScript interpreter"):
+        return _clip(text[-1], limit)  # TorchScript puts the real error, with its type, after its traceback
+    return f"{type(exc).__name__}: {_clip(first, limit)}".strip()
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _find_state_dict(obj: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -211,9 +235,16 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions | None = Non
             raise InputError(f"model file {path} is empty")
         src_name, sha = str(path), file_sha256(path)
         obj, fmt = _read_checkpoint(path, options.trust_checkpoint)
+        if fmt == "torchscript":
+            extras = _torchscript_extras(path)
 
+    program, input_hint = None, None
     if fmt == "torch.export":
-        module = obj.module()
+        program, input_hint, batch = _export_signature(obj, src_name)
+        module = program if batch is None else _FixedBatch(program, batch)
+    elif isinstance(obj, dict) and (key := _module_key(obj)) is not None:  # trusted {"model": nn.Module, ...}
+        module, fmt = obj[key], "pickled nn.Module"
+        extras = {k: v for k, v in obj.items() if k != key}
     elif isinstance(obj, dict):
         state, extras = _find_state_dict(obj)
         if options.arch is None:
@@ -226,7 +257,6 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions | None = Non
         except RuntimeError as exc:
             first = " ".join(str(exc).split())[:300]
             raise InputError(f"{src_name}: weights do not fit --arch {options.arch}: {first}") from None
-        fmt = "state_dict" if fmt == "state_dict" else fmt
     elif _is_pyod_detector(obj):
         module, preprocess, fmt = _from_pyod(obj)
         loss_kind = "pyod"
@@ -236,14 +266,77 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions | None = Non
     else:
         raise InputError(f"{src_name}: holds a {type(obj).__name__}, not a model, state_dict or PyOD detector")
 
-    module = module.to(device).eval()
+    module = eval_mode(module.to(device))
     for p in module.parameters():
         p.requires_grad_(False)
-    adapter = _make_adapter(module, fmt, src_name, options, preprocess, loss_kind)
+    adapter = _make_adapter(module, fmt, src_name, options, preprocess, loss_kind, input_hint, program)
+    if loss_kind == "pyod" and isinstance(module, _MeanPath):
+        adapter.card.notes.append("PyOD's decision_function samples the latent code; aeaudit scores this VAE at "
+                                  "the mean code, PyOD's distance without the sampling noise")
+    if isinstance(module, _FixedBatch):
+        adapter.card.notes.append(f"exported with a fixed batch size of {module.batch}: run in padded chunks of that "
+                                  "size; export with a dynamic batch dimension for speed")
     adapter.card.sha256 = sha
     adapter.card.device = str(device)
     adapter.checkpoint_extras = extras
     return adapter
+
+
+def _module_key(obj: dict) -> str | None:
+    return next((k for k in STATE_DICT_KEYS if isinstance(obj.get(k), nn.Module)), None)
+
+
+def _export_signature(program: Any, src: str) -> tuple[nn.Module, tuple[int, ...] | None, int | None]:
+    """The exported program as a module, its per-sample input shape, and its batch size when
+    the export fixed one (``None`` when the batch dimension is dynamic)."""
+    module = program.module()
+    inputs = [n for n in module.graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        raise InputError(f"{src}: the exported program takes {len(inputs)} inputs; an autoencoder takes one tensor")
+    val = inputs[0].meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.dim() == 0:
+        return module, None, None
+    dims = list(val.shape)
+    per_sample = tuple(dims[1:]) if all(isinstance(d, int) for d in dims[1:]) else None
+    batch = dims[0] if isinstance(dims[0], int) else None
+    return module, per_sample, batch
+
+
+class _FixedBatch(nn.Module):
+    """Runs a program exported with a fixed batch size on any batch: pads the batch to a
+    multiple of that size and runs it chunk by chunk."""
+
+    def __init__(self, program: nn.Module, batch: int):
+        super().__init__()
+        self.program = program
+        self.batch = batch
+
+    def forward(self, x: torch.Tensor):
+        n = x.shape[0]
+        if n == self.batch:
+            return self.program(x)
+        pad = (-n) % self.batch
+        if pad:
+            x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+        outs = [self.program(chunk) for chunk in x.split(self.batch)]
+        if isinstance(outs[0], (tuple, list)):
+            return tuple(torch.cat(parts)[:n] for parts in zip(*outs))
+        return torch.cat(outs)[:n]
+
+
+def _torchscript_extras(path: Path) -> dict[str, Any]:
+    """Checkpoint extras stored inside a TorchScript archive as ``extra/aeaudit_extras.pt``
+    (written by ``aeaudit harden``); read with ``weights_only=True``."""
+    with zipfile.ZipFile(path) as zf:
+        name = next((n for n in zf.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_EXTRAS}")), None)
+        if name is None:
+            return {}
+        blob = zf.read(name)
+    try:
+        extras = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path}: unreadable {TORCHSCRIPT_EXTRAS} inside the TorchScript archive ({_one_line(exc)})") from None
+    return extras if isinstance(extras, dict) else {}
 
 
 def _is_pyod_detector(obj: Any) -> bool:
@@ -280,17 +373,19 @@ def _from_pyod(det: Any) -> tuple[nn.Module, Standardizer | None, str]:
     return model, preprocess, f"pyod.{name}"
 
 
-def _make_adapter(module: nn.Module, fmt: str, src: str, options: LoadOptions,
-                  preprocess: Standardizer | None, loss_kind: str) -> AutoencoderAdapter:
-    card = describe(module, fmt, src)
-    input_shape = options.input_shape or _guess_input_shape(module)
+def _make_adapter(module: nn.Module, fmt: str, src: str, options: LoadOptions, preprocess: Standardizer | None,
+                  loss_kind: str, input_hint: tuple[int, ...] | None = None,
+                  program: nn.Module | None = None) -> AutoencoderAdapter:
+    """``program``: the exported graph, read for the layer inventory instead of its wrapper."""
+    card = describe(program if program is not None else module, fmt, src)
+    input_shape = options.input_shape or input_hint or _guess_input_shape(module)
     dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
     if preprocess is not None:
         preprocess = preprocess.to(next(iter(module.parameters())).device, dtype)
         card.preprocessing = preprocess.describe()
     adapter = AutoencoderAdapter(module=module, input_shape=tuple(input_shape or ()), card=card,
                                  preprocess=preprocess, loss_kind=loss_kind)
-    enc_path, dec_path, reason = _find_split(module, options)
+    enc_path, dec_path, reason = _find_split(module, options, fmt)
     adapter._encoder_path, adapter._decoder_path, adapter.split_reason = enc_path, dec_path, reason
     if enc_path is not None:
         adapter.encoder = resolve_path(module, enc_path)
@@ -300,7 +395,12 @@ def _make_adapter(module: nn.Module, fmt: str, src: str, options: LoadOptions,
     return adapter
 
 
-def _find_split(module: nn.Module, options: LoadOptions) -> tuple[str | None, str | None, str]:
+def _find_split(module: nn.Module, options: LoadOptions, fmt: str) -> tuple[str | None, str | None, str]:
+    if fmt == "torch.export":
+        if options.encoder or options.decoder:
+            raise InputError("--encoder/--decoder: a torch.export program keeps only forward(); save the model as "
+                             "TorchScript or as a state_dict with --arch to name its encoder and decoder")
+        return None, None, "torch.export programs keep only forward(); latent checks need TorchScript or a state_dict with --arch"
     if options.encoder or options.decoder:
         if not (options.encoder and options.decoder):
             raise InputError("give both --encoder and --decoder, or neither")
@@ -313,18 +413,56 @@ def _find_split(module: nn.Module, options: LoadOptions) -> tuple[str | None, st
     for enc, dec in SPLIT_CANDIDATES:
         if callable(getattr(module, enc, None)) and callable(getattr(module, dec, None)):
             return enc, dec, ""
-    if isinstance(module, torch.fx.GraphModule):
-        return None, None, "torch.export programs keep only forward(); latent checks need --encoder/--decoder on another format"
     return None, None, "no encoder/decoder (or enc/dec, encode/decode) found; name them with --encoder/--decoder"
 
 
 def _guess_input_shape(module: nn.Module) -> tuple[int, ...] | None:
+    """The input width of a model whose first layer is linear (TorchScript keeps the class name in
+    ``original_name``); ``None`` when the first layer is a convolution, whose spatial size comes from the data."""
     for sub in module.modules():
-        if isinstance(sub, nn.Linear):
-            return (sub.in_features,)
-        if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            return None  # spatial size unknown until data arrives
+        kind = getattr(sub, "original_name", None) or type(sub).__name__
+        if kind == "Linear":
+            return (int(sub.weight.shape[1]),)
+        if kind in ("Conv1d", "Conv2d", "Conv3d"):
+            return None
     return None
+
+
+def conv_input_shape(module: nn.Module, per_sample: tuple[int, ...]) -> tuple[int, ...] | None:
+    """For samples without a channel axis (``(784,)``, ``(28, 28)``) and a model whose first layer is a
+    convolution, the one shape that fits: ``(C, L)`` for Conv1d, ``(C, S, S)`` for Conv2d when
+    ``n / C`` is a perfect square; ``None`` when the samples already have the channel axis or nothing fits."""
+    n = math.prod(per_sample)
+    for sub in module.modules():
+        kind = getattr(sub, "original_name", None) or type(sub).__name__
+        if kind == "Linear":
+            return None
+        if kind in ("Conv1d", "Conv2d"):
+            spatial = 1 if kind == "Conv1d" else 2
+            channels = int(sub.weight.shape[1]) * int(getattr(sub, "groups", 1))
+            if len(per_sample) == spatial + 1 or n % channels:
+                return None
+            if spatial == 1:
+                return (channels, n // channels)
+            side = math.isqrt(n // channels)
+            return (channels, side, side) if side * side * channels == n else None
+    return None
+
+
+def _use_mean_path(adapter: AutoencoderAdapter) -> None:
+    """A forward that samples (a VAE) gives a different loss on every call, so findings could not be
+    re-verified: score ``decode(mean of encode(x))`` instead, or refuse when there is no such path."""
+    module = adapter.module
+    if isinstance(module, _MeanPath) or not (callable(getattr(module, "encode", None))
+                                             and callable(getattr(module, "decode", None))):
+        raise InputError("the model's forward is random (two calls on the same input differ) and it has no "
+                         "encode()/decode() methods for a deterministic mean path; aeaudit needs a repeatable reconstruction")
+    adapter.module = _MeanPath(module)
+    adapter.output_index = None
+    adapter._encoder_path, adapter._decoder_path = "encode", "decode"
+    adapter.encoder, adapter.decoder = adapter.module.encode, adapter.module.decode
+    adapter.card.encoder, adapter.card.decoder = "encode", "decode"
+    adapter.card.notes.append("forward() samples (a VAE): scored deterministically as decode(mean of encode(x))")
 
 
 def finalize_shapes(adapter: AutoencoderAdapter, sample: torch.Tensor) -> None:
@@ -346,6 +484,12 @@ def finalize_shapes(adapter: AutoencoderAdapter, sample: torch.Tensor) -> None:
         got = tuple(rec.shape[1:]) if isinstance(rec, torch.Tensor) else type(rec).__name__
         raise InputError(f"the model's output shape {got} differs from its input shape {tuple(xm.shape[1:])}: "
                          "aeaudit audits autoencoders, whose output reconstructs the input")
+    with torch.no_grad():
+        _, again = adapter.reconstruct_model_space(x)
+    if not torch.allclose(rec, again, rtol=1e-5, atol=1e-6):
+        _use_mean_path(adapter)
+        with torch.no_grad():
+            _, rec = adapter.reconstruct_model_space(x)
     adapter.card.input_shape = list(adapter.input_shape)
     if adapter.has_latent:
         try:
