@@ -55,6 +55,7 @@ class Finding:
     score_threshold: float | None = None
     x: np.ndarray | None = field(default=None, repr=False)
     reconstruction: np.ndarray | None = field(default=None, repr=False)
+    nearest: np.ndarray | None = field(default=None, repr=False)  # the nearest normal sample (report gallery)
     latent: list[float] | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -69,6 +70,8 @@ class Finding:
         if with_arrays and self.x is not None:
             out["x"] = _round_list(self.x)
             out["reconstruction"] = _round_list(self.reconstruction) if self.reconstruction is not None else None
+            if self.nearest is not None:
+                out["nearest"] = _round_list(self.nearest)
         return out
 
 
@@ -117,15 +120,25 @@ class Verifier:
         return (torch.cat(losses).numpy(), torch.cat(dists).numpy(), torch.cat(idxs).numpy(), torch.cat(recs).numpy())
 
 
+def evaluate_score(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Scores of ``x`` in batches, no graph kept. Autograd stays enabled because some scores
+    (GradCon) take gradients internally."""
+    outs = []
+    with torch.enable_grad():
+        for i in range(0, x.shape[0], batch_size):
+            outs.append(score(x[i : i + batch_size]).detach())
+    return torch.cat(outs) if outs else torch.empty(0, device=x.device)
+
+
 def prefilter(cands: Candidates, adapter: AutoencoderAdapter, baseline: Baseline,
               score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, threshold: float | None = None) -> Candidates:
     """Cheap screening in the model's dtype on its device before float64 verification."""
     if len(cands) == 0:
         return cands
     threshold = baseline.tau_op if threshold is None else threshold
+    x = cands.x.to(adapter.device, adapter.dtype)
+    score = evaluate_score(score_fn or adapter.loss, x)
     with torch.no_grad():
-        x = cands.x.to(adapter.device, adapter.dtype)
-        score = adapter.batched(score_fn or adapter.loss, x)
         dist = torch.cat([baseline.neighbours.query(x[i : i + 4096])[0] for i in range(0, x.shape[0], 4096)])
     keep = (score <= threshold * PREFILTER_LOSS_SLACK) & (dist >= baseline.min_distance * PREFILTER_DISTANCE_SLACK)
     keep &= torch.isfinite(score)
@@ -150,8 +163,7 @@ def verify(cands: Candidates, verifier: Verifier, *, objective: str = "recon",
     b = verifier.baseline
     loss, dist, nn_idx, rec = verifier.measure(cands.x)
     if score_fn64 is not None:
-        with torch.no_grad():
-            score = score_fn64(cands.x.detach().to("cpu", verifier.dtype)).double().cpu().numpy()
+        score = evaluate_score(score_fn64, cands.x.detach().to("cpu", verifier.dtype), 256).double().cpu().numpy()
     else:
         score = loss
     t_min = b.tau_min if tau_min is None else tau_min
@@ -174,6 +186,35 @@ def verify(cands: Candidates, verifier: Verifier, *, objective: str = "recon",
     return findings
 
 
+def greedy_merge(X: torch.Tensor, radius: float, block: int = 1024) -> tuple[list[int], list[int]]:
+    """Greedy near-duplicate suppression over rows already in rank order: a row is kept unless
+    a kept row before it lies closer than ``radius``. Returns ``(kept rows, rows each absorbed)``.
+
+    Distances come blockwise from one matrix product per block of rows (GEMM identity), only
+    for rows not yet absorbed and only towards later rows; the greedy pass itself is cheap.
+    """
+    n = X.shape[0]
+    sq = X.pow(2).sum(dim=1)
+    taken = np.zeros(n, dtype=bool)
+    kept, absorbed = [], []
+    for s in range(0, n, block):
+        rows = s + np.flatnonzero(~taken[s : s + block])
+        if rows.size == 0:
+            continue
+        r = torch.as_tensor(rows)
+        near = np.zeros((rows.size, n), dtype=bool)
+        near[:, s:] = ((sq[r, None] + sq[None, s:] - 2.0 * X[r] @ X[s:].T) < radius * radius).numpy()
+        for row, i in enumerate(rows):
+            if taken[i]:
+                continue
+            new = near[row] & ~taken
+            new[: i + 1] = False
+            taken |= new
+            kept.append(int(i))
+            absorbed.append(int(new.sum()))
+    return kept, absorbed
+
+
 def merge_and_rank(findings: list[Finding], scale: float, top_k: int = 64) -> tuple[list[Finding], dict[str, int]]:
     """Merge near-duplicates (closer than ``MERGE_FRACTION · s`` to a better-ranked finding), rank,
     and keep the arrays of the top ``top_k``. Returns ``(findings, counts)``."""
@@ -183,20 +224,13 @@ def merge_and_rank(findings: list[Finding], scale: float, top_k: int = 64) -> tu
     others = [f for f in ordered if f.x is None]
     kept: list[Finding] = []
     if array_findings:
-        X = torch.as_tensor(np.stack([f.x.reshape(-1) for f in array_findings]))
-        radius = MERGE_FRACTION * scale
-        taken = torch.zeros(len(array_findings), dtype=torch.bool)
-        for i in range(len(array_findings)):  # greedy over ranked findings; vectorised per step
-            if taken[i]:
-                continue
+        X = torch.as_tensor(np.stack([f.x.reshape(-1) for f in array_findings]), dtype=torch.float64)
+        for i, duplicates in zip(*greedy_merge(X, MERGE_FRACTION * scale)):
             kept.append(array_findings[i])
-            near = (X[i + 1 :] - X[i]).norm(dim=1) < radius
-            duplicates = int(near.sum())
-            taken[i + 1 :] |= near
             array_findings[i].details.setdefault("merged_duplicates", duplicates)
     result = sorted(kept + others, key=rank_key)
     for f in result[top_k:]:
-        f.x = f.reconstruction = None
+        f.x = f.reconstruction = f.nearest = None
     counts.update({
         "reported": len(result),
         "critical": sum(f.severity == "critical" for f in result),

@@ -2,13 +2,24 @@
 from __future__ import annotations
 
 from ..errors import InputError
+from .affine import AffineCheck
 from .base import Objective, Probe, ProbeContext, ProbeResult
+from .far_field import FarField
+from .latent_grid import LatentGrid
+from .pca_reference import PCAReference
+from .pgd import InputPGD, LatentPGD
 from .random_search import RandomSearch
 
 PROBES: dict[str, type[Probe]] = {
+    PCAReference.name: PCAReference,
+    AffineCheck.name: AffineCheck,
+    FarField.name: FarField,
+    LatentGrid.name: LatentGrid,
+    LatentPGD.name: LatentPGD,
+    InputPGD.name: InputPGD,
     RandomSearch.name: RandomSearch,
 }
-DEFAULT_PROBES: tuple[str, ...] = ("random",)
+DEFAULT_PROBES: tuple[str, ...] = ("pca-reference", "affine", "far-field", "grid", "pgd-latent", "pgd-input", "random")
 
 
 def make_probe(name: str, settings: dict | None = None) -> Probe:

@@ -18,7 +18,7 @@ import torch
 
 from ..baseline import Baseline
 from ..budget import Budget
-from ..findings import Candidates, Finding, Verifier
+from ..findings import Candidates, Finding, Verifier, evaluate_score
 from ..model.adapter import AutoencoderAdapter
 from ..progress import SILENT, Reporter
 
@@ -36,6 +36,12 @@ class Objective:
     tau_min: float
     tau_op: float
     differentiable: bool = True
+
+    def evaluate(self, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Scores of ``x`` without a graph kept. Runs with autograd enabled, because some scores
+        (GradCon) take gradients internally."""
+        return evaluate_score(self.score, x, batch_size)
+
 
 
 @dataclass

@@ -11,16 +11,7 @@ import torch
 
 from ..findings import Candidates
 from .base import Probe, ProbeContext, ProbeResult
-
-
-def latent_box(ctx: ProbeContext, extent: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The normal latents and their range widened ``extent``× about its centre: ``(z, low, high)``."""
-    adapter = ctx.adapter
-    with torch.no_grad():
-        z = adapter.batched(adapter.encode, ctx.baseline.reference).reshape(ctx.baseline.reference.shape[0], -1)
-    lo, hi = z.min(dim=0).values, z.max(dim=0).values
-    centre, half = (lo + hi) / 2, (hi - lo).clamp_min(1e-6) / 2
-    return z, centre - extent * half, centre + extent * half
+from .latent_space import decode_flat, latent_box
 
 
 class RandomSearch(Probe):
@@ -31,17 +22,28 @@ class RandomSearch(Probe):
         batch_size: draws evaluated per batch.
         latent_extent: widening of the normal latents' range (3 = three times as wide).
         max_batches: cap on batches when ``samples`` is 0.
+        max_candidates: the lowest-scoring draws kept for verification; bounds the work after
+            the search, which the time budget does not cover.
     """
 
     name = "random"
     kind = "search"
     budget_weight = 0.5
 
-    def __init__(self, samples: int = 4096, batch_size: int = 1024, latent_extent: float = 3.0, max_batches: int = 10_000):
+    def __init__(self, samples: int = 4096, batch_size: int = 1024, latent_extent: float = 3.0, max_batches: int = 10_000,
+                 max_candidates: int = 8192):
         self.samples = samples
         self.batch_size = batch_size
         self.latent_extent = latent_extent
         self.max_batches = max_batches
+        self.max_candidates = max_candidates
+
+    def _lowest(self, xs: list[torch.Tensor], scores: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        x, s = torch.cat(xs), torch.cat(scores)
+        if len(s) > self.max_candidates:
+            best = torch.argsort(s)[: self.max_candidates]
+            x, s = x[best], s[best]
+        return [x], [s]
 
     def _input_draw(self, ctx: ProbeContext, n: int, gen: torch.Generator) -> torch.Tensor:
         b = ctx.baseline
@@ -62,7 +64,7 @@ class RandomSearch(Probe):
         if "latent" in spaces:
             _, zlo, zhi = latent_box(ctx, self.latent_extent)
         per_space = self.samples if self.samples > 0 else self.batch_size * self.max_batches
-        kept_x, evaluations, status = [], 0, "complete"
+        kept_x, kept_s, evaluations, status = [], [], 0, "complete"
         with ctx.reporter.task("random search", total=per_space * len(spaces)) as bar:
             for space in spaces:
                 done = 0
@@ -77,16 +79,18 @@ class RandomSearch(Probe):
                         u = torch.rand((n, zlo.numel()), generator=gen, dtype=torch.float64)
                         z = (zlo.double().cpu() + (zhi - zlo).double().cpu() * u).to(adapter.device, adapter.dtype)
                         with torch.no_grad():
-                            x = b.domain.project(adapter.decode(z.reshape(n, *adapter.latent_shape)))
-                    with torch.no_grad():
-                        score = ctx.objective.score(x)
+                            x = decode_flat(ctx, z)
+                    score = ctx.objective.evaluate(x)
                     keep = score <= ctx.objective.tau_op * 1.5
                     if keep.any():
                         kept_x.append(x[keep].cpu())
+                        kept_s.append(score[keep].cpu())
+                        if sum(len(k) for k in kept_s) > 2 * self.max_candidates:
+                            kept_x, kept_s = self._lowest(kept_x, kept_s)
                     done += n
                     evaluations += n
                     bar.advance(n)
-        x_all = torch.cat(kept_x) if kept_x else torch.empty(0, *b.reference.shape[1:])
+        x_all = self._lowest(kept_x, kept_s)[0][0] if kept_x else torch.empty(0, *b.reference.shape[1:])
         cands = Candidates(x=x_all, probe=self.name)
         return ProbeResult(self.name, self.kind, status=status, candidates=cands, evaluations=evaluations,
                            reason="" if status == "complete" else "stopped by the time budget")
