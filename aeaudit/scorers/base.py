@@ -30,6 +30,10 @@ class Scorer(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
 
+    def skip_reason(self, adapter: AutoencoderAdapter) -> str | None:
+        """Why this score cannot apply to ``adapter`` (e.g. it needs a latent code), or ``None``."""
+        return None
+
     def fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor) -> "Scorer":
         self.adapter_ = adapter
         self._fit(adapter, reference)

@@ -1,0 +1,323 @@
+"""GradCon: the gradient-alignment score of Kwon et al., "Backpropagated Gradient Representations
+for Anomaly Detection" (ECCV 2020).
+
+``S(x) = L(x) − β · mean_i cos(∂L(x)/∂φ_i, ref_i)`` over the weights ``φ_i`` of the decoder's
+Linear / Conv / ConvTranspose layers. A normal input asks for a weight update aligned with the
+reference gradient ``ref_i``; an anomaly does not, so its cosine is lower and its score higher.
+
+``ref_i`` comes from the checkpoint (``checkpoint_extras["gradcon_reference"]``, saved by a model
+trained with GradCon's constraint) or, post hoc, as the mean per-sample gradient over the normal
+reference data — an extension of the paper for models trained without the constraint.
+
+Per-sample gradients are batched. The default path runs one batched backward to each decoder
+layer's output, then forms every sample's weight gradient from the layer's input activation and
+output gradient (``bmm``; convolutions via ``unfold``). Layers that path does not cover (grouped or
+3-D convolutions, non-zero padding modes) use ``torch.func.vmap`` over ``grad`` instead. With
+``create_graph`` both stay differentiable in ``x``, which the adaptive search needs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from ..model.adapter import AutoencoderAdapter
+from .base import Scorer
+
+REFERENCE_KEY = "gradcon_reference"
+WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+COS_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------- which layers
+def decoder_weight_layers(adapter: AutoencoderAdapter) -> tuple[list[str], str]:
+    """Names (as in ``named_modules``) of the weight layers GradCon uses, in call order, and a note.
+
+    With an encoder/decoder split: the layers the decoder calls. Without one: the later half of
+    the layers the forward pass calls (GradCon's decoder, guessed by position)."""
+    module = adapter.module
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ValueError("TorchScript models do not run Python hooks; save a state_dict or pickled module for GradCon")
+    names = {m: n for n, m in module.named_modules() if isinstance(m, WEIGHT_LAYERS) and m.weight is not None}
+    if not names:
+        raise ValueError("the model has no Linear/Conv/ConvTranspose layer modules to take weight gradients of")
+    called: list[str] = []
+
+    def record(mod, inputs, output):
+        if names[mod] not in called:
+            called.append(names[mod])
+
+    handles = [m.register_forward_hook(record) for m in names]
+    try:
+        with torch.no_grad():
+            if adapter.has_latent:
+                adapter.decoder(torch.zeros(1, *adapter.latent_shape, device=adapter.device, dtype=adapter.dtype))
+            else:
+                adapter.loss(torch.zeros(1, *adapter.input_shape, device=adapter.device, dtype=adapter.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+    if not called:
+        raise ValueError("the decoder calls no Linear/Conv/ConvTranspose layer modules")
+    if adapter.has_latent:
+        return called, f"decoder weight layers: {', '.join(called)}"
+    later = called[len(called) // 2 :]
+    return later, (f"no encoder/decoder split: used the later half of the weight layers as the decoder "
+                   f"({', '.join(later)})")
+
+
+# --------------------------------------------------------------------------- per-sample gradients
+def _hookable(layer: nn.Module) -> bool:
+    """Whether the activation + output-gradient formula covers this layer."""
+    if isinstance(layer, nn.Linear):
+        return True
+    if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
+        return False
+    if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        return False
+    if isinstance(layer, (nn.ConvTranspose1d, nn.ConvTranspose2d)):
+        return all(op < s for op, s in zip(layer.output_padding, layer.stride))
+    return True
+
+
+def _as_2d(t: torch.Tensor, layer: nn.Module) -> tuple[torch.Tensor, tuple, tuple, tuple, tuple]:
+    """View a 1-D convolution's tensors and settings as 2-D (height 1)."""
+    if isinstance(layer, (nn.Conv1d, nn.ConvTranspose1d)):
+        return (t.unsqueeze(2), (1, *layer.kernel_size), (1, *layer.dilation), (0, *layer.padding), (1, *layer.stride))
+    return t, layer.kernel_size, layer.dilation, layer.padding, layer.stride
+
+
+def _factors(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ``∂L/∂W = P Qᵀ`` (as ``W.reshape(p, q)``) from the layer's input ``a`` and output
+    gradient ``g``: ``P [N, p, K]``, ``Q [N, q, K]`` with ``K`` positions (1 for a plain Linear)."""
+    n = a.shape[0]
+    if isinstance(layer, nn.Linear):  # W[o, i] = Σ_t g[t, o] a[t, i] over any extra leading dims
+        return g.reshape(n, -1, g.shape[-1]).transpose(1, 2), a.reshape(n, -1, a.shape[-1]).transpose(1, 2)
+    if isinstance(layer, (nn.Conv1d, nn.Conv2d)):  # W[co, ci·k] = Σ_pos g[co, pos] unfold(a)[ci·k, pos]
+        a2, k, d, p, s = _as_2d(a, layer)
+        return g.reshape(n, g.shape[1], -1), F.unfold(a2, k, dilation=d, padding=p, stride=s)
+    # ConvTranspose is a convolution's adjoint, so the roles swap: W[ci, co·k] = Σ_pos a[ci, pos] unfold(g)[co·k, pos]
+    g2, k, d, p, s = _as_2d(g, layer)
+    return a.reshape(n, a.shape[1], -1), F.unfold(g2, k, dilation=d, padding=p, stride=s)
+
+
+def per_sample_factors(adapter: AutoencoderAdapter, layers: list[nn.Module], x: torch.Tensor,
+                       create_graph: bool = False) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """``(L(x) [N], [(P_i, Q_i)])`` with per-sample ``∂L/∂W_i = P_i Q_iᵀ``, from one batched backward.
+
+    Samples must not interact inside the model (true in eval mode), so the gradient of the summed
+    loss at a layer's output holds every sample's own output gradient."""
+    captured: dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]] = {m: [] for m in layers}
+
+    def capture(mod, inputs, out):
+        # A fresh leaf where nothing upstream needs gradients; the clone shields it from in-place ops.
+        y = out if out.requires_grad else out.detach().requires_grad_(True)
+        captured[mod].append((inputs[0], y))
+        return y.clone()
+
+    handles = [m.register_forward_hook(capture) for m in layers]
+    try:
+        loss = adapter.loss(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if any(not captured[m] for m in layers):
+        raise RuntimeError("a GradCon layer was not called by the forward pass")
+    ys = [y for m in layers for _, y in captured[m]]
+    grads_y = iter(torch.autograd.grad(loss.sum(), ys, create_graph=create_graph))
+    factors = []
+    for m in layers:
+        parts = [_factors(m, a if create_graph else a.detach(), next(grads_y)) for a, _ in captured[m]]
+        # a layer called more than once: its gradients add, i.e. the factors' positions concatenate
+        factors.append((torch.cat([p for p, _ in parts], dim=2), torch.cat([q for _, q in parts], dim=2)))
+    return loss, factors
+
+
+def per_sample_grads_hooks(adapter: AutoencoderAdapter, layers: list[nn.Module], x: torch.Tensor,
+                           create_graph: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(L(x) [N], [per-sample ∂L/∂W_i flattened, [N, W_i.numel()]])``: the factors multiplied out."""
+    loss, factors = per_sample_factors(adapter, layers, x, create_graph)
+    return loss, [torch.bmm(p, q.transpose(1, 2)).reshape(x.shape[0], -1) for p, q in factors]
+
+
+def factor_dot_and_norm(p: torch.Tensor, q: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(⟨G_n, ref⟩, ||G_n||)`` per sample for ``G_n = P_n Q_nᵀ``, without forming ``G`` where that is cheaper.
+
+    The dot product is one large matrix product ``ref · Q`` over all samples and positions. The
+    norm comes from the Gram matrices, ``||P Qᵀ||² = Σ (PᵀP) ⊙ (QᵀQ)``, when the number of positions
+    ``K`` is small (``K(p + q) < pq``); otherwise from ``G`` itself."""
+    n, pdim, k = p.shape
+    qdim = q.shape[1]
+    r = ref.reshape(pdim, qdim)
+    if k * (pdim + qdim) >= pdim * qdim:
+        g = torch.bmm(p, q.transpose(1, 2)).reshape(n, -1)
+        return g @ ref.reshape(-1), g.norm(dim=1)
+    rq = (q.transpose(1, 2).reshape(n * k, qdim) @ r.T).reshape(n, k, pdim)
+    dot = (rq * p.transpose(1, 2)).sum(dim=(1, 2))
+    gram = (torch.bmm(p.transpose(1, 2), p) * torch.bmm(q.transpose(1, 2), q)).sum(dim=(1, 2))
+    return dot, gram.clamp_min(0).sqrt()
+
+
+class _LossOf(nn.Module):
+    """``adapter.loss`` as a module whose parameters ``torch.func.functional_call`` can swap."""
+
+    def __init__(self, adapter: AutoencoderAdapter):
+        super().__init__()
+        self.net = adapter.module
+        self.adapter = adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter.loss(x)
+
+
+def per_sample_grads_func(adapter: AutoencoderAdapter, names: list[str],
+                          x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The same as :func:`per_sample_grads_hooks` with ``torch.func.vmap(grad(...))``; covers any
+    layer type ``functional_call`` handles, and stays differentiable in ``x`` when ``x`` requires grad."""
+    wrapper = _LossOf(adapter)
+    weights = {f"net.{n}.weight": adapter.module.get_submodule(n).weight.detach() for n in names}
+
+    def one(w, xi):
+        loss = torch.func.functional_call(wrapper, w, (xi.unsqueeze(0),))[0]
+        return loss, loss
+
+    grads, loss = torch.func.vmap(torch.func.grad(one, has_aux=True), in_dims=(None, 0))(weights, x)
+    return loss, [grads[f"net.{n}.weight"].reshape(x.shape[0], -1) for n in names]
+
+
+def per_sample_grads_loop(adapter: AutoencoderAdapter, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The reference method's evaluation: one backward pass per sample (for checks and benchmarks)."""
+    weights = [adapter.module.get_submodule(n).weight for n in names]
+    flags = [w.requires_grad for w in weights]
+    losses, grads = [], [[] for _ in names]
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        for i in range(x.shape[0]):
+            with torch.enable_grad():
+                loss = adapter.loss(x[i : i + 1])[0]
+                for j, gw in enumerate(torch.autograd.grad(loss, weights)):
+                    grads[j].append(gw.reshape(-1))
+            losses.append(loss.detach())
+    finally:
+        for w, f in zip(weights, flags):
+            w.requires_grad_(f)
+    return torch.stack(losses), [torch.stack(g) for g in grads]
+
+
+def gradcon_score(loss: torch.Tensor, grads: list[torch.Tensor], refs: list[torch.Tensor], beta: float) -> torch.Tensor:
+    """``L − β · mean_i cos(g_i, ref_i)`` per sample, from materialised per-sample gradients."""
+    return _combine(loss, [(g @ r, g.norm(dim=1)) for g, r in zip(grads, refs)], refs, beta)
+
+
+def _combine(loss: torch.Tensor, dots_norms: list[tuple[torch.Tensor, torch.Tensor]], refs: list[torch.Tensor],
+             beta: float) -> torch.Tensor:
+    cos = torch.stack([dot / (norm * r.norm()).clamp_min(COS_EPS) for (dot, norm), r in zip(dots_norms, refs)])
+    return loss - beta * cos.mean(dim=0)
+
+
+# --------------------------------------------------------------------------- the scorer
+class GradConScorer(Scorer):
+    """GradCon's score with the checkpoint's reference gradients, or post-hoc ones.
+
+    Args:
+        beta: weight of the gradient-alignment term (the paper's test-time β = 0.12).
+        method: per-sample gradient path: ``"auto"`` (activation/output-gradient products where
+            every layer allows it, else ``torch.func``), ``"hooks"`` or ``"func"``.
+        batch_size: inputs whose per-sample gradients are formed together (memory grows with it:
+            ``batch_size × decoder weights`` values; beyond ~128 the GradCon CAE gets no faster on a CPU).
+    """
+
+    name = "gradcon"
+    differentiable = True
+    description = "GradCon: reconstruction loss minus β × gradient alignment (Kwon et al., ECCV 2020)"
+
+    def __init__(self, beta: float = 0.12, method: str = "auto", batch_size: int = 128):
+        self.beta = beta
+        self.method = method
+        self.batch_size = batch_size
+
+    def skip_reason(self, adapter: AutoencoderAdapter) -> str | None:
+        try:
+            decoder_weight_layers(adapter)
+        except ValueError as exc:
+            return str(exc)
+        return None
+
+    def _fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor) -> None:
+        if self.method not in ("auto", "hooks", "func"):
+            raise InputError(f"gradcon method {self.method!r}: choose auto, hooks or func")
+        names, note = decoder_weight_layers(adapter)
+        self.layer_names_ = names
+        layers = [adapter.module.get_submodule(n) for n in names]
+        if self.method == "hooks" and not all(map(_hookable, layers)):
+            raise InputError("gradcon method 'hooks' does not cover this model's decoder layers; use method auto or func")
+        self.method_ = "hooks" if self.method == "auto" and all(map(_hookable, layers)) else (
+            "func" if self.method == "auto" else self.method)
+        stored = adapter.checkpoint_extras.get(REFERENCE_KEY)
+        if stored is not None:
+            self.reference_ = _stored_reference(stored, adapter, names)
+            self.posthoc = False
+            self.note_ = f"reference gradients from the checkpoint; {note}"
+        else:
+            self.reference_ = self._posthoc_reference(reference)
+            self.posthoc = True
+            self.note_ = f"post-hoc: reference = mean per-sample gradient over normal data; {note}"
+
+    def _layers(self) -> list[nn.Module]:
+        return [self.adapter_.module.get_submodule(n) for n in self.layer_names_]
+
+    def _posthoc_reference(self, reference: torch.Tensor) -> list[torch.Tensor]:
+        """Mean per-sample gradient over ``reference``: per batch, ``Σ_n P_n Q_nᵀ`` is one matrix product."""
+        total = None
+        for i in range(0, reference.shape[0], self.batch_size):
+            xb = reference[i : i + self.batch_size].to(self.adapter_.device, self.adapter_.dtype)
+            with torch.enable_grad():
+                if self.method_ == "hooks":
+                    _, factors = per_sample_factors(self.adapter_, self._layers(), xb)
+                    sums = [(p.detach().transpose(0, 1).flatten(1) @ q.detach().transpose(0, 1).flatten(1).T).reshape(-1)
+                            for p, q in factors]
+                else:
+                    sums = [g.detach().sum(dim=0) for g in per_sample_grads_func(self.adapter_, self.layer_names_, xb)[1]]
+            total = sums if total is None else [t + s for t, s in zip(total, sums)]
+        return [t / reference.shape[0] for t in total]
+
+    def _score_batch(self, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        if self.method_ == "hooks":
+            loss, factors = per_sample_factors(self.adapter_, self._layers(), x, create_graph)
+            dots_norms = [factor_dot_and_norm(p, q, r) for (p, q), r in zip(factors, self.reference_)]
+            return _combine(loss, dots_norms, self.reference_, self.beta)
+        loss, grads = per_sample_grads_func(self.adapter_, self.layer_names_, x)
+        return gradcon_score(loss, grads, self.reference_, self.beta)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        with torch.enable_grad():  # the score itself is made of gradients
+            for i in range(0, x.shape[0], self.batch_size):
+                s = self._score_batch(x[i : i + self.batch_size], create_graph=x.requires_grad)
+                outs.append(s if x.requires_grad else s.detach())
+        return torch.cat(outs) if outs else torch.empty(0, device=x.device, dtype=x.dtype)
+
+
+def _stored_reference(stored: dict, adapter: AutoencoderAdapter, names: list[str]) -> list[torch.Tensor]:
+    """The checkpoint's ``{"<layer>.weight": tensor}`` as flat tensors in layer order; clear errors if it does not fit."""
+    if not isinstance(stored, dict):
+        raise InputError(f"checkpoint key {REFERENCE_KEY!r} must map parameter names to tensors, got {type(stored).__name__}")
+    refs = []
+    for n in names:
+        key = f"{n}.weight"
+        weight = adapter.module.get_submodule(n).weight
+        if key not in stored:
+            raise InputError(f"checkpoint key {REFERENCE_KEY!r} has no entry {key!r} (has {', '.join(map(str, stored))}); "
+                             "save one reference gradient per decoder weight")
+        ref = torch.as_tensor(stored[key])
+        if ref.numel() != weight.numel():
+            raise InputError(f"{REFERENCE_KEY}[{key!r}] has {ref.numel()} values but the weight has {weight.numel()} "
+                             f"(shape {tuple(weight.shape)})")
+        if not math.isfinite(float(ref.double().norm())):
+            raise InputError(f"{REFERENCE_KEY}[{key!r}] holds NaN or inf")
+        refs.append(ref.reshape(-1).to(adapter.device, adapter.dtype))
+    return refs
