@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .baseline import Baseline, compute_baseline
+from .baseline import Baseline, compute_baseline, quantile_sample
 from .budget import Budget
 from .config import ScanConfig
 from .data import load_data, shape_samples
@@ -26,7 +26,7 @@ from .errors import InputError
 from .findings import Finding, Verifier, merge_and_rank, prefilter, verify
 from .geometry import resolve_domain
 from .model.adapter import AutoencoderAdapter
-from .model.loading import file_sha256, finalize_shapes, load_model
+from .model.loading import conv_input_shape, file_sha256, finalize_shapes, load_model
 from .probes import Objective, ProbeContext, ProbeResult, make_probe
 from .progress import Reporter
 
@@ -145,7 +145,8 @@ def prepare(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path
     with _timed(timings, "load"):
         adapter = model if isinstance(model, AutoencoderAdapter) else load_model(model, config.load_options())
         arr = load_data(data, key=config.data_key, what="normal data")
-        arr, shape = shape_samples(arr, config.input_shape or adapter.input_shape or None, "normal data")
+        want = config.input_shape or adapter.input_shape or conv_input_shape(adapter.module, arr.shape[1:])
+        arr, shape = shape_samples(arr, want, "normal data")
         adapter.input_shape = shape
         finalize_shapes(adapter, torch.as_tensor(np.array(arr[:2]), dtype=torch.float32))
         anomalies = None
@@ -165,7 +166,9 @@ def prepare(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path
         "sample_shape": list(shape),
         "dtype": str(arr.dtype),
         "value_range": [float(np.min(arr[:10_000])), float(np.max(arr[:10_000]))],
-        "anomalies": ({"source": str(config.anomalies), "n_samples": int(len(anomalies))} if anomalies is not None else None),
+        "anomalies": ({"source": str(config.anomalies), "n_samples": int(len(anomalies)),
+                       "loss_sample": quantile_sample(adapter.losses(torch.tensor(anomalies)).double().cpu().numpy())}
+                      if anomalies is not None else None),
         "verification_dtype": verifier.dtype_name,
     }
     return AuditState(config, adapter, arr, baseline, verifier, anomalies, summary, reporter, timings)
@@ -236,8 +239,14 @@ def scan(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path | 
     state = prepare(model, data, config, reporter)
     budget = Budget(config.budget)
     with _timed(state.timings, "probes"):
-        results, raw_findings, interrupted = run_probes(state, config.probes, state.recon_objective(), budget)
+        from .scorers.compare import scorer_budget_share  # time kept for the scorer comparison; unused probe time carries over
+
+        probe_budget = budget.share(1.0 - scorer_budget_share(config.scorers))
+        results, raw_findings, interrupted = run_probes(state, config.probes, state.recon_objective(), probe_budget)
     findings, counts = merge_and_rank(raw_findings, state.baseline.scale, config.top_k)
+    for f in findings:  # the report's gallery compares each kept finding with its nearest normal sample
+        if f.x is not None and 0 <= f.nearest_index < len(state.data):
+            f.nearest = np.asarray(state.data[f.nearest_index], dtype=np.float64)
     artifacts = {r.probe: r.artifacts for r in results if r.artifacts}
     scorers: dict[str, Any] = {}
     if config.scorers and not interrupted:

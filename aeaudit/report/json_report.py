@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from .atomic import write_text
 
 TIMING_KEYS = ("timings", "seconds")
@@ -43,6 +44,27 @@ def write_json(result, path: str | Path) -> Path:
 
 def read_json(path: str | Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """A saved report.json, checked to be one this aeaudit can render (else :class:`InputError`)."""
+    from .. import audit
+
+    path = Path(path)
+    try:
+        data = read_json(path)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read it ({exc.strerror or exc}); "
+                         "give the report.json that `aeaudit scan` wrote") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc}); give the report.json that `aeaudit scan` wrote") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if not isinstance(version, str):
+        raise InputError(f"{path}: no schema_version, so not an aeaudit report.json")
+    if version.split(".")[0] != audit.SCHEMA_VERSION.split(".")[0]:
+        raise InputError(f"{path}: schema_version {version} is not readable by this aeaudit "
+                         f"(reads {audit.SCHEMA_VERSION.split('.')[0]}.x); use the aeaudit that wrote it")
+    return data
 
 
 def strip_timings(obj: Any) -> Any:

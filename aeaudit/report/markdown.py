@@ -1,0 +1,59 @@
+"""A short Markdown summary of the audit, sized for a pull-request comment."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_text
+from .fmt import normalise, num
+
+TOP_FINDINGS = 5
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """Verdict, the checks, the top findings and (when compared) the scorers, in a few lines."""
+    report = normalise(report)
+    gate = report.get("gate") or {}
+    icon = "❌" if gate.get("failed") else ("⚠️" if report.get("errors") else "✅")
+    lines = [f"### {icon} aeaudit: {report.get('verdict', '')}", ""]
+    if report.get("status") != "complete":
+        lines += ["**Incomplete:** the time budget or an interrupt cut some work short; results so far are shown.", ""]
+    findings = report.get("findings") or []
+    per_probe: dict[str, int] = {}
+    for f in findings:
+        per_probe[f.get("probe")] = per_probe.get(f.get("probe"), 0) + 1
+    rows = [[p.get("probe"), p.get("status"), per_probe.get(p.get("probe"), 0), p.get("reason") or ""]
+            for p in report.get("probes") or []]
+    if rows:
+        lines += _table(["check", "status", "findings", "note"], rows) + [""]
+    if findings:
+        top = [[f"#{i + 1}", f.get("severity"), f.get("kind"), f.get("probe"), num(f.get("loss_ratio"), 3),
+                num(f.get("distance_ratio"), 3)] for i, f in enumerate(findings[:TOP_FINDINGS])]
+        lines += [f"**Top findings** ({min(TOP_FINDINGS, len(findings))} of {len(findings)}):", ""]
+        lines += _table(["#", "severity", "kind", "check", "loss / τ_op", "distance / s"], top) + [""]
+    table = (report.get("scorers") or {}).get("table") or []
+    if table:
+        srows = [[r.get("scorer"), num(r.get("transferred_detection_rate"), 3), num(r.get("adaptive_findings")),
+                  r.get("verdict", "")] for r in table]
+        lines += _table(["scorer", "detects recon findings", "adaptive findings", "verdict"], srows) + [""]
+    for err in report.get("errors") or []:
+        lines.append(f"- error: {_cell(err)}")
+    t = report.get("thresholds") or {}
+    lines += [f"<sub>τ_min {num(t.get('tau_min'))} · τ_op {num(t.get('tau_op'))} · s {num(t.get('scale'))} · "
+              f"δ {num(t.get('min_distance'))} · gate --fail-on {gate.get('fail_on')} · seed {report.get('seed')} · "
+              f"aeaudit {(report.get('tool') or {}).get('version', '')} · full report: report.html</sub>", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(report: dict[str, Any], path: str | Path) -> Path:
+    return write_text(path, to_markdown(report))

@@ -1,0 +1,271 @@
+"""Figures of the HTML report, each returned as a ``data:`` URI (nothing external to load).
+
+matplotlib is imported inside the functions (a scan without a report never pays for it), and
+figures are drawn on ``Figure`` objects with the Agg canvas, never through pyplot, so the
+caller's backend and global state stay untouched. Every figure is drawn under matplotlib's
+default style with fixed SVG ids and no date, so the same report dict gives the same bytes.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import math
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+TAU_MIN_COLOUR = "#1f3a93"
+TAU_OP_COLOUR = "#c0392b"
+GROUP_COLOURS = {"held-out normal": "#7f8c8d", "findings": "#c0392b", "user anomalies": "#8e44ad"}
+MAX_SERIES = 12  # rays drawn in one loss-vs-distance plot; more would be unreadable
+FLOOR_BELOW_TAU = 1e-8  # the loss-vs-distance plot shows at most 8 decades below τ
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    import matplotlib
+    import matplotlib.style
+
+    with matplotlib.style.context("default"), matplotlib.rc_context({
+        "svg.hashsalt": "aeaudit", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
+        "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
+    }):
+        yield
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _data_uri(fig, fmt: str = "svg", dpi: int = 100) -> str:
+    buf = io.BytesIO()
+    metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+    fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)
+    mime = "image/svg+xml" if fmt == "svg" else "image/png"
+    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+
+
+def as_floats(values: Any) -> np.ndarray:
+    """Numbers from report.json (where non-finite values are the strings "inf"/"nan") as a float array."""
+    if values is None:
+        return np.empty(0)
+    return np.asarray([float(v) if v is not None else math.nan for v in np.ravel(np.asarray(values, dtype=object))],
+                      dtype=np.float64)
+
+
+def _positive_floor(*arrays: np.ndarray) -> float:
+    """A value below every positive loss, where zero losses are drawn on a log axis."""
+    pos = np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays] or [np.empty(0)])
+    return float(pos.min()) / 10 if len(pos) else 1e-12
+
+
+def loss_histogram(groups: dict[str, Sequence[float]], tau_min: float, tau_op: float) -> str:
+    """Histograms of the loss per group on a log axis (each group normalised to its own size),
+    with τ_min and τ_op marked; groups of fewer than 20 values are also drawn as ticks."""
+    with _style():
+        data = {k: as_floats(v) for k, v in groups.items() if v is not None and len(v)}
+        data = {k: v[np.isfinite(v)] for k, v in data.items()}
+        data = {k: v for k, v in data.items() if len(v)}
+        floor = _positive_floor(*data.values(), np.asarray([tau_min, tau_op], dtype=float))
+        lo = min([floor] + [float(np.maximum(v, floor).min()) for v in data.values()])
+        hi = max([tau_op * 1.5] + [float(v.max()) for v in data.values()])
+        bins = np.geomspace(lo, hi * 1.0001, 46)
+        fig = _figure(7.2, 2.8)
+        ax = fig.add_subplot()
+        for name, v in data.items():
+            colour = GROUP_COLOURS.get(name, None)
+            v = np.maximum(v, floor)
+            ax.hist(v, bins=bins, weights=np.full(len(v), 1.0 / len(v)), histtype="stepfilled" if name == "held-out normal"
+                    else "step", alpha=0.45 if name == "held-out normal" else 1.0, lw=1.6, color=colour,
+                    label=f"{name} (n={len(v)})")
+            if len(v) < 20:
+                ax.plot(v, np.full(len(v), -0.03), "|", color=colour, ms=12, mew=1.6, transform=ax.get_xaxis_transform(),
+                        clip_on=False)
+        ax.axvline(tau_min, color=TAU_MIN_COLOUR, ls="--", lw=1.2, label=f"τ_min = {tau_min:.3g}")
+        ax.axvline(tau_op, color=TAU_OP_COLOUR, ls="-", lw=1.2, label=f"τ_op = {tau_op:.3g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("reconstruction loss L_R (log scale)")
+        ax.set_ylabel("fraction of the group")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+        return _data_uri(fig)
+
+
+def loss_vs_distance(series: Sequence[dict[str, Any]], tau_min: float, tau_op: float, scale: float,
+                     min_distance: float) -> str:
+    """Log-log loss along each ray against the distance ratio d/s, with τ_min, τ_op and δ/s marked.
+
+    ``series``: ``[{"label", "distance", "loss", "style"?}]`` with raw distances (divided by s here)."""
+    with _style():
+        fig = _figure(7.2, 3.2)
+        ax = fig.add_subplot()
+        prepared = []
+        for s in series[:MAX_SERIES]:
+            d, loss = as_floats(s.get("distance")), as_floats(s.get("loss"))
+            n = min(len(d), len(loss))
+            d, loss = d[:n], loss[:n]
+            ok = np.isfinite(d) & np.isfinite(loss) & (d > 0)
+            if ok.any():
+                prepared.append((s, d[ok] / scale, loss[ok]))
+        # tiny losses (PCA's own, ~1e-30) would stretch the axis over dozens of decades
+        floor = max(_positive_floor(*[p[2] for p in prepared], np.asarray([tau_min], dtype=float)),
+                    min(tau_min, tau_op) * FLOOR_BELOW_TAU)
+        for s, dr, loss in prepared:
+            style = s.get("style", "-")
+            if style in ("-", "--", ":", "-."):
+                ax.plot(dr, np.maximum(loss, floor), ls=style, marker=".", ms=3, lw=1.2, label=s.get("label", ""))
+            else:  # a point set
+                ax.plot(dr, np.maximum(loss, floor), ls="none", marker=style, ms=6, mfc="none", mew=1.3,
+                        label=s.get("label", ""))
+        ax.axhline(max(tau_min, floor), color=TAU_MIN_COLOUR, ls="--", lw=1, label="τ_min")
+        ax.axhline(tau_op, color=TAU_OP_COLOUR, lw=1, label="τ_op")
+        ax.axvline(min_distance / scale, color="#555", ls=":", lw=1, label="δ (far)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("distance from the normal data, d / s (log)")
+        ax.set_ylabel("loss L_R (log)")
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+        return _data_uri(fig)
+
+
+def complete_stride(grid: np.ndarray) -> int:
+    """The smallest stride ``k`` (a power of two) at which ``grid[::k, ::k]`` has no missing value:
+    a search cut short on a coarse-to-fine grid leaves every ``k``-th line complete."""
+    k = 1
+    while k < max(grid.shape) and not np.isfinite(grid[::k, ::k]).all():
+        k *= 2
+    return k
+
+
+def latent_map(x: Sequence[float], y: Sequence[float], losses: Any, eps: float, *, far: Any = None, normal: Any = None,
+               marks: Sequence[tuple[float, float, str]] = (), xlabel: str = "z₁", ylabel: str = "z₂") -> str:
+    """The loss of decoded latents over a 2-D grid (Figure 2 of "Autoencoders for anomaly detection
+    are unreliable"): log colour scale, the region with loss below ``eps`` in red, hatched where the
+    decode is also far from the normal data (``far``), normal latents as dots and numbered
+    findings as crosses. ``losses[i][j]`` belongs to ``(x[j], y[i])``; missing values are blank."""
+    from matplotlib.colors import LogNorm
+
+    with _style():
+        xs, ys = as_floats(x), as_floats(y)
+        grid = np.asarray([as_floats(row) for row in losses], dtype=np.float64)
+        floor = _positive_floor(grid[np.isfinite(grid)])
+        grid = np.where(np.isfinite(grid), np.maximum(grid, floor), np.nan)
+        if len(ys) == 1:
+            return _latent_line(xs, grid[0], eps, normal, marks, xlabel)
+        far_grid = np.asarray([as_floats(row) for row in far], dtype=np.float64) if far is not None else None
+        fig = _figure(6.4, 5.2)
+        ax = fig.add_subplot()
+        mesh = ax.pcolormesh(xs, ys, grid, shading="nearest", cmap="viridis",
+                             norm=LogNorm(vmin=np.nanmin(grid), vmax=max(np.nanmax(grid), np.nanmin(grid) * 10)),
+                             rasterized=True)
+        fig.colorbar(mesh, ax=ax, label="loss of the decoded point (log)")
+        low = np.isfinite(grid) & (grid < eps)
+        if low.any():
+            ax.contourf(xs, ys, low.astype(float), levels=[0.5, 1.5], colors=["#e0001b"], alpha=0.3)
+            ax.contour(xs, ys, low.astype(float), levels=[0.5], colors=["#e0001b"], linewidths=0.9)
+        if far_grid is not None and far_grid.shape == grid.shape and (low & (far_grid > 0)).any():
+            ax.contourf(xs, ys, (low & (far_grid > 0)).astype(float), levels=[0.5, 1.5], colors="none",
+                        hatches=["////"])
+            ax.contour(xs, ys, (low & (far_grid > 0)).astype(float), levels=[0.5], colors=["black"], linewidths=0.9)
+        if normal is not None and len(normal):
+            pts = np.asarray([as_floats(p) for p in normal], dtype=np.float64)
+            if pts.ndim == 2 and pts.shape[1] >= 2:
+                ax.scatter(pts[:, 0], pts[:, 1], s=3, c="white", edgecolors="black", linewidths=0.2, alpha=0.8)
+        for mx, my, label in marks:
+            ax.plot(mx, my, marker="X", ms=8, color="#ff7f0e", mec="black", mew=0.6)
+            ax.annotate(label, (mx, my), xytext=(4, 4), textcoords="offset points", fontsize=8, weight="bold",
+                        color="black", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+        ax.set_xlim(xs.min(), xs.max())
+        ax.set_ylim(ys.min(), ys.max())
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"red: loss < {eps:.3g}; hatched: and far from the normal data")
+        return _data_uri(fig, "png", dpi=110)
+
+
+def _latent_line(xs: np.ndarray, loss: np.ndarray, eps: float, normal: Any, marks: Sequence[tuple[float, float, str]],
+                 xlabel: str) -> str:
+    """The 1-D latent map: loss of the decoded point along the latent axis, the part below ``eps``
+    shaded red, normal latents as ticks along the bottom."""
+    fig = _figure(7.2, 3.0)
+    ax = fig.add_subplot()
+    ax.plot(xs, loss, color="#2c3e50", lw=1.2)
+    ax.fill_between(xs, 0, 1, where=np.isfinite(loss) & (loss < eps), color="#e0001b", alpha=0.3,
+                    transform=ax.get_xaxis_transform(), label=f"loss < {eps:.3g}")
+    ax.axhline(eps, color="#e0001b", lw=0.8, ls="--")
+    if normal is not None and len(normal):
+        pts = np.asarray([as_floats(p) for p in normal], dtype=np.float64)
+        ax.plot(pts[:, 0], np.zeros(len(pts)), "|", color="black", ms=8, alpha=0.4, transform=ax.get_xaxis_transform(),
+                label="normal latents")
+    for mx, _, label in marks:
+        ax.axvline(mx, color="#ff7f0e", lw=1)
+        ax.annotate(label, (mx, 0.95), xycoords=("data", "axes fraction"), fontsize=8, weight="bold")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("loss of the decoded point (log)")
+    ax.legend(loc="upper right", fontsize=8)
+    return _data_uri(fig)
+
+
+def to_image(flat: Any, shape: Sequence[int]) -> np.ndarray | None:
+    """A sample as an ``H×W`` or ``H×W×3`` image, or ``None`` when its shape is not image-like."""
+    a = as_floats(flat)
+    shape = [int(s) for s in shape]
+    if int(np.prod(shape)) != a.size:
+        return None
+    a = a.reshape(shape)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and min(a.shape[1:]) >= 4:
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    elif a.ndim == 3 and a.shape[-1] in (1, 3) and min(a.shape[:2]) >= 4:
+        a = a[..., 0] if a.shape[-1] == 1 else a
+    elif not (a.ndim == 2 and min(a.shape) >= 4):
+        return None
+    return a
+
+
+def gallery_image(panels: Sequence[tuple[str, np.ndarray]], low: float | None, high: float | None) -> str:
+    """One row of images (input, reconstruction, |difference|, nearest normal) as a PNG.
+    Inputs share the domain's value range; the difference has its own scale."""
+    with _style():
+        fig = _figure(1.45 * len(panels), 1.7)
+        finite = [p for _, p in panels if np.isfinite(p).any()]
+        vlo = low if low is not None else min(float(np.nanmin(p)) for p in finite)
+        vhi = high if high is not None else max(float(np.nanmax(p)) for p in finite)
+        for i, (title, img) in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), i + 1)
+            is_diff = title.startswith("|")
+            shown = img if img.ndim == 2 else np.clip((img - vlo) / max(vhi - vlo, 1e-12), 0, 1)
+            if is_diff and img.ndim == 3:
+                shown = img.mean(axis=-1)
+            ax.imshow(shown, cmap="magma" if is_diff else "gray", interpolation="nearest",
+                      vmin=0 if is_diff else vlo, vmax=(float(np.nanmax(img)) or 1.0) if is_diff else vhi)
+            ax.set_title(title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        return _data_uri(fig, "png", dpi=90)
+
+
+def roc_curves(curves: dict[str, dict[str, Sequence[float]]], auroc: dict[str, float] | None = None) -> str:
+    """ROC curves of the compared scorers (held-out normal vs adversarial anomalies)."""
+    with _style():
+        fig = _figure(4.6, 3.8)
+        ax = fig.add_subplot()
+        for name, c in curves.items():
+            fpr, tpr = as_floats(c.get("fpr")), as_floats(c.get("tpr"))
+            n = min(len(fpr), len(tpr))
+            if n == 0:
+                continue
+            auc = (auroc or {}).get(name)
+            label = f"{name} (AUROC {float(auc):.3f})" if auc is not None and np.isfinite(float(auc)) else name
+            if c.get("against"):
+                label += f" vs {c['against']}"
+            ax.plot(fpr[:n], tpr[:n], lw=1.5, label=label, drawstyle="steps-post")
+        ax.plot([0, 1], [0, 1], color="#aaa", ls=":", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.set_xlabel("false-positive rate (held-out normal)")
+        ax.set_ylabel("true-positive rate")
+        ax.legend(loc="lower right", fontsize=8)
+        return _data_uri(fig)

@@ -1,0 +1,223 @@
+"""The command line's contract: exit codes 0/1/2/3, one-line errors, nothing left behind, repeatable reports."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import aeaudit
+from aeaudit.cli import app
+from aeaudit.report import read_json, strip_timings
+
+from helpers import PROJECTION_ARCH, line_data, projection_ae, save_constant_case, save_projection_case
+
+# the random search alone, no scorer comparison: these tests pin down the CLI, not the strong searches
+FAST = ["--probes", "random", "--scorers", "", "--budget", "10", "--device", "cpu"]
+
+
+@pytest.fixture
+def cases(tmp_path, monkeypatch):
+    """Run in an empty folder (no aeaudit.toml or pyproject.toml settings to pick up)."""
+    monkeypatch.chdir(tmp_path)
+    proj_model, proj_data = save_projection_case(tmp_path / "proj")
+    const_model, const_data = save_constant_case(tmp_path / "const")
+    return {"proj": (proj_model, proj_data), "const": (const_model, const_data), "dir": tmp_path}
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _one_line_error(result) -> str:
+    text = result.stderr.strip()
+    assert text.startswith("aeaudit: error:") and "\n" not in text, text
+    assert "Traceback" not in result.output
+    return text
+
+
+# --------------------------------------------------------------------------- 0 / 1: the gate
+def test_exit_1_on_a_blind_spot_and_0_with_fail_on_never(cases):
+    model, data = cases["proj"]
+    out = cases["dir"] / "o1"
+    result = invoke("scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", out, *FAST)
+    assert result.exit_code == 1, result.output
+    report = read_json(out / "report.json")
+    assert report["gate"] == {"fail_on": "high", "failed": True, "exit_code": 1}
+    assert report["counts"]["critical"] > 0 and report["status"] == "complete"
+    top = report["findings"][0]
+    assert top["verified"] and top["severity"] == "critical"
+    assert top["distance_ratio"] >= 2.0 and top["loss"] <= report["thresholds"]["tau_min"]
+    assert result.stdout.lstrip().startswith("FAIL") or "FAIL" in result.stdout.splitlines()[0]
+
+    never = invoke("scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", cases["dir"] / "o2",
+                   "--fail-on", "never", "--quiet", *FAST)
+    assert never.exit_code == 0 and never.stdout == ""
+
+
+def test_exit_0_when_no_blind_spot(cases):
+    model, data = cases["const"]
+    out = cases["dir"] / "o"
+    result = invoke("scan", model, "--data", data, "--out", out, *FAST)
+    assert result.exit_code == 0, result.output
+    report = read_json(out / "report.json")
+    assert report["findings"] == [] and report["verdict"].startswith("PASS")
+    assert report["model"]["format"] == "torchscript"
+    assert "PASS" in result.stdout and str(out / "report.json") in result.stdout
+
+
+# --------------------------------------------------------------------------- 2: usage and input errors
+BAD_INPUTS = {
+    "missing model": (["scan", "{d}/nope.pt", "--data", "{proj_data}"], "not found"),
+    "state_dict without --arch": (["scan", "{proj_model}", "--data", "{proj_data}"], "--arch"),
+    "wrong --arch": (["scan", "{proj_model}", "--data", "{proj_data}", "--arch", "mlp:2,5,1,5,2"], "do not fit"),
+    "NaN in data": (["scan", "{const_model}", "--data", "{d}/nan.npy"], "NaN or inf"),
+    "empty data": (["scan", "{const_model}", "--data", "{d}/empty.csv"], "is empty"),
+    "non-numeric data": (["scan", "{const_model}", "--data", "{d}/words.csv"], "non-numeric"),
+    "truncated data": (["scan", "{const_model}", "--data", "{d}/trunc.npy"], "truncated"),
+    "wrong width": (["scan", "{proj_model}", "--arch", PROJECTION_ARCH, "--data", "{d}/wide.npy"], "(3 values)"),
+    "not an autoencoder": (["scan", "{d}/widen.pt", "--data", "{const_data}"], "differs from its input shape"),
+    "bad --fail-on": (["scan", "{const_model}", "--data", "{const_data}", "--fail-on", "sometimes"], "--fail-on"),
+    "bad --budget": (["scan", "{const_model}", "--data", "{const_data}", "--budget", "-1"], "--budget"),
+    "bad --bounds": (["scan", "{const_model}", "--data", "{const_data}", "--bounds", "1,0"], "--bounds"),
+    "bad --input-shape": (["scan", "{const_model}", "--data", "{const_data}", "--input-shape", "a,b"], "--input-shape"),
+    "unknown probe": (["scan", "{const_model}", "--data", "{const_data}", "--probes", "telepathy"], "unknown probe"),
+}
+
+
+@pytest.fixture
+def bad_files(cases):
+    d = cases["dir"]
+    bad = line_data(50)
+    bad[4, 0] = np.nan
+    np.save(d / "nan.npy", bad)
+    (d / "empty.csv").write_text("")
+    (d / "words.csv").write_text("a,b\n1,2\nthree,4\n")
+    np.save(d / "trunc.npy", line_data(50))
+    (d / "trunc.npy").write_bytes((d / "trunc.npy").read_bytes()[:150])
+    np.save(d / "wide.npy", np.zeros((50, 3), np.float32))
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 3)), str(d / "widen.pt"))
+    return cases
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_line_and_no_output(bad_files, case):
+    args, words = BAD_INPUTS[case]
+    d = bad_files["dir"]
+    fill = {"d": d, "proj_model": bad_files["proj"][0], "proj_data": bad_files["proj"][1],
+            "const_model": bad_files["const"][0], "const_data": bad_files["const"][1]}
+    out = d / "out"
+    args = [a.format(**fill) for a in args]
+    result = invoke(args[0], *FAST, *args[1:], "--out", out, "--quiet")  # the case's flags come last and win
+    assert result.exit_code == 2, result.output
+    assert words in _one_line_error(result)
+    assert not out.exists()
+
+
+class _CreatesFile:
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_refused_pickle_exits_2_and_runs_nothing(cases):
+    d = cases["dir"]
+    marker, evil = d / "pwned", d / "evil.pt"
+    torch.save({"state_dict": _CreatesFile(marker)}, evil)
+    result = invoke("scan", evil, "--data", cases["proj"][1], "--arch", PROJECTION_ARCH, "--out", d / "out", *FAST)
+    assert result.exit_code == 2
+    assert "--trust-checkpoint" in _one_line_error(result)
+    assert not marker.exists() and not (d / "out").exists()
+
+
+def test_pickled_module_scans_with_trust(cases):
+    d = cases["dir"]
+    torch.save(projection_ae(), d / "full.pt")
+    refused = invoke("scan", d / "full.pt", "--data", cases["proj"][1], "--out", d / "o", "--quiet", *FAST)
+    assert refused.exit_code == 2 and not (d / "o").exists()
+    trusted = invoke("scan", d / "full.pt", "--data", cases["proj"][1], "--out", d / "o", "--quiet",
+                     "--trust-checkpoint", *FAST)
+    assert trusted.exit_code == 1
+    assert read_json(d / "o" / "report.json")["model"]["format"] == "pickled nn.Module"
+
+
+# --------------------------------------------------------------------------- 3: internal errors
+def test_internal_error_exits_3_with_one_line(cases, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("simulated bug")
+
+    monkeypatch.setattr("aeaudit.audit.compute_baseline", broken)
+    model, data = cases["const"]
+    result = invoke("scan", model, "--data", data, "--out", cases["dir"] / "o", *FAST)
+    assert result.exit_code == 3
+    message = _one_line_error(result)
+    assert "internal error: ZeroDivisionError: simulated bug" in message and "--debug" in message
+    assert not (cases["dir"] / "o").exists()
+
+
+# --------------------------------------------------------------------------- repeatability, budget, quiet
+def test_same_seed_gives_the_same_report(cases):
+    model, data = cases["proj"]
+    out = cases["dir"] / "o"
+    reports = []
+    for _ in range(2):
+        result = invoke("scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", out, "--seed", "7",
+                        "--quiet", *FAST)
+        assert result.exit_code == 1
+        reports.append(read_json(out / "report.json"))
+    assert reports[0]["status"] == "complete" and reports[0]["seed"] == 7
+    assert strip_timings(reports[0]) == strip_timings(reports[1])
+    other = invoke("scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", out, "--seed", "8",
+                   "--quiet", *FAST)
+    assert other.exit_code == 1
+    assert read_json(out / "report.json")["findings"] != reports[0]["findings"]  # the seed is really used
+
+
+def test_budget_is_respected():
+    """A search told to draw until time runs out stops at the budget and says the scan is incomplete."""
+    start = time.perf_counter()
+    result = aeaudit.scan(projection_ae(), line_data(), budget=1.0, probes=("random",), scorers=(), device="cpu",
+                          quiet=True, probe_settings={"samples": 0})
+    elapsed = time.perf_counter() - start
+    probe = result.probes[0]
+    assert probe["status"] == "incomplete" and "budget" in probe["reason"]
+    assert result.status == "incomplete"
+    assert probe["seconds"] < 1.0 + 1.0  # the search stops within a batch of the deadline
+    # screening and float64 verification come after the search; the kept candidates are capped so they stay short
+    assert probe["candidates"] <= 8192 and result.timings["probes"] < 8.0
+    assert elapsed < 20.0
+    assert result.exit_code() == 1  # what was found before the deadline is kept
+
+
+def _python_m(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}  # as conftest.py does in-process
+    return subprocess.run([sys.executable, "-m", "aeaudit", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_python_m_aeaudit_exit_codes_and_quiet(cases):
+    d = cases["dir"]
+    model, data = cases["proj"]
+    found = _python_m("scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", d / "o", "--quiet", *FAST, cwd=d)
+    assert found.returncode == 1, found.stderr
+    assert found.stdout == ""
+    report = json.loads((d / "o" / "report.json").read_text())
+    assert report["command_line"].startswith("aeaudit scan") and "--quiet" in report["command_line"]
+
+    refused = _python_m("scan", d / "missing.pt", "--data", data, "--out", d / "o2", cwd=d)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().count("\n") == 0 and "not found" in refused.stderr
+    assert not (d / "o2").exists()
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"aeaudit {aeaudit.__version__}"
