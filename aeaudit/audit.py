@@ -26,7 +26,8 @@ from .errors import InputError
 from .findings import Finding, Verifier, merge_and_rank, prefilter, verify
 from .geometry import resolve_domain
 from .model.adapter import AutoencoderAdapter
-from .model.loading import conv_input_shape, file_sha256, finalize_shapes, load_model
+from .model.loading import file_sha256, load_model
+from .model.shapes import conv_input_shape, finalize_shapes
 from .probes import Objective, ProbeContext, ProbeResult, make_probe
 from .progress import Reporter
 

@@ -9,18 +9,35 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from .errors import AeauditError, InputError
+from .errors import AeauditError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit trained autoencoder anomaly detectors for blind spots.")
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_PASS, EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+# Options shared by scan, harden and compare: one definition each, so their help and defaults agree.
+Data = Annotated[Path, typer.Option("--data", help="Normal data: .npy, .npz, .csv/.tsv or .pt.")]
+Arch = Annotated[Optional[str], typer.Option(help="Architecture for a state_dict: mlp:2,5,1,5,2 | file.py:factory | pkg.mod:factory.")]
+Activation = Annotated[str, typer.Option(help="Hidden activation for --arch mlp:...")]
+OutputActivation = Annotated[str, typer.Option(help="Output activation for --arch mlp:...")]
+TrustCheckpoint = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpickling arbitrary objects (runs code from the file).")]
+Encoder = Annotated[Optional[str], typer.Option(help="Attribute or method of the encoder (e.g. net.enc).")]
+Decoder = Annotated[Optional[str], typer.Option(help="Attribute or method of the decoder.")]
+InputShape = Annotated[Optional[str], typer.Option(help="Per-sample input shape, e.g. 1,28,28.")]
+DataKey = Annotated[Optional[str], typer.Option(help="Array name inside .npz / dict .pt data.")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+Bounds = Annotated[str, typer.Option(help="Input domain: auto | none | LO,HI.")]
+Probes = Annotated[Optional[str], typer.Option(help="Comma-separated probes (default: all applicable).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
 
 
 def _version(value: bool) -> None:
@@ -36,10 +53,18 @@ def root(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Audit trained autoencoder anomaly detectors for blind spots."""
 
 
-def _split(text: Optional[str]) -> Optional[tuple[str, ...]]:
-    if text is None:
-        return None
+def _split(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _selection(probes: Optional[str], scorers: Optional[str]) -> dict[str, tuple[str, ...]]:
+    """The probes and scorers named on the command line; those not named keep ScanConfig's defaults."""
+    chosen = {"probes": probes, "scorers": scorers}
+    return {key: _split(text) for key, text in chosen.items() if text is not None}
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 def fail(message: str, code: int = EXIT_INPUT) -> None:
@@ -96,32 +121,32 @@ def write_extra_reports(report: dict, html: Optional[Path], junit: Optional[Path
 
 @app.command()
 def scan(
-    model: Path = typer.Argument(..., help="Checkpoint: TorchScript, .pt2, state_dict (+ --arch), pickle (+ --trust-checkpoint)."),
-    data: Path = typer.Option(..., "--data", help="Normal data: .npy, .npz, .csv/.tsv or .pt."),
+    model: Annotated[Path, typer.Argument(help="Checkpoint: TorchScript, .pt2, state_dict (+ --arch), pickle (+ --trust-checkpoint).")],
+    data: Data,
     out: Path = typer.Option(Path("aeaudit-out"), "--out", "-o", help="Folder for report.json and report.html."),
-    arch: Optional[str] = typer.Option(None, help="Architecture for a state_dict: mlp:2,5,1,5,2 | file.py:factory | pkg.mod:factory."),
-    activation: str = typer.Option("relu", help="Hidden activation for --arch mlp:..."),
-    output_activation: str = typer.Option("identity", help="Output activation for --arch mlp:..."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling arbitrary objects (runs code from the file)."),
-    encoder: Optional[str] = typer.Option(None, help="Attribute or method of the encoder (e.g. net.enc)."),
-    decoder: Optional[str] = typer.Option(None, help="Attribute or method of the decoder."),
-    input_shape: Optional[str] = typer.Option(None, help="Per-sample input shape, e.g. 1,28,28."),
-    data_key: Optional[str] = typer.Option(None, help="Array name inside .npz / dict .pt data."),
+    arch: Arch = None,
+    activation: Activation = "relu",
+    output_activation: OutputActivation = "identity",
+    trust_checkpoint: TrustCheckpoint = False,
+    encoder: Encoder = None,
+    decoder: Decoder = None,
+    input_shape: InputShape = None,
+    data_key: DataKey = None,
     anomalies: Optional[Path] = typer.Option(None, help="Known anomalies (evaluation only)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    device: Device = "auto",
     seed: int = typer.Option(0, help="Seed for every random choice."),
     budget: float = typer.Option(60.0, help="Time budget in seconds for the searches."),
     fpr: float = typer.Option(0.01, help="False-positive rate that sets τ_op on held-out normal data."),
     threshold: Optional[float] = typer.Option(None, help="Operating threshold τ_op (overrides --fpr)."),
     min_distance: Optional[float] = typer.Option(None, help="Distance δ that counts as far (default 2·s)."),
-    bounds: str = typer.Option("auto", help="Input domain: auto | none | LO,HI."),
-    probes: Optional[str] = typer.Option(None, help="Comma-separated probes (default: all applicable)."),
+    bounds: Bounds = "auto",
+    probes: Probes = None,
     scorers: Optional[str] = typer.Option(None, help="Comma-separated scorers to compare."),
     latent_extent: float = typer.Option(3.0, help="Latent box = normal latents' range widened this many times."),
     top_k: int = typer.Option(64, help="Findings kept with their arrays."),
     fail_on: str = typer.Option("high", help="Gate: critical | high | never."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    quiet: Quiet = False,
+    debug: Debug = False,
     junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML (one test case per check) here."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write a short Markdown summary (PR comment) here."),
     config_file: Optional[Path] = config_option(),
@@ -134,14 +159,9 @@ def scan(
     from .report import write_json
     from .report.terminal import render_summary
 
-    logging.basicConfig(level=logging.WARNING if not debug else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging(debug)
 
     def work() -> int:
-        overrides = {}
-        if probes is not None:
-            overrides["probes"] = _split(probes)
-        if scorers is not None:
-            overrides["scorers"] = _split(scorers)
         config = ScanConfig(
             arch=arch, activation=activation, output_activation=output_activation, trust_checkpoint=trust_checkpoint,
             encoder=encoder, decoder=decoder, input_shape=parse_shape(input_shape), device=device,
@@ -149,7 +169,7 @@ def scan(
             threshold=threshold, min_distance=min_distance, bounds=bounds, budget=budget, latent_extent=latent_extent,
             top_k=top_k, fail_on=fail_on, quiet=quiet, command_line=shlex.join(["aeaudit", *sys.argv[1:]]),
             config_file=str(config_file) if config_file else "",
-            **overrides,
+            **_selection(probes, scorers),
         )
         result = run_scan(model, data, config, reporter=Reporter(enabled=False if quiet else None))
         report = result.to_dict()
@@ -166,10 +186,10 @@ def scan(
 
 @app.command()
 def harden(
-    model: Path = typer.Argument(..., help="Checkpoint to harden (the formats scan reads, except PyOD and .pt2)."),
-    data: Path = typer.Option(..., "--data", help="Normal data: .npy, .npz, .csv/.tsv or .pt."),
-    method: str = typer.Option(..., "--method", help="toll (latent-norm penalty) | gradcon (gradient constraint)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the hardened checkpoint (same format family as MODEL)."),
+    model: Annotated[Path, typer.Argument(help="Checkpoint to harden (the formats scan reads, except PyOD and .pt2).")],
+    data: Data,
+    method: Annotated[str, typer.Option("--method", help="toll (latent-norm penalty) | gradcon (gradient constraint).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the hardened checkpoint (same format family as MODEL).")],
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Re-initialise the weights (seeded) instead of fine-tuning."),
     steps: int = typer.Option(1000, help="Adam steps on random batches."),
     epochs: Optional[float] = typer.Option(None, help="Set --steps from passes over the training split instead."),
@@ -177,18 +197,18 @@ def harden(
     batch_size: int = typer.Option(64, help="Batch size."),
     beta: float = typer.Option(10.0, help="Toll: weight β of the latent-norm term (also used by the toll score)."),
     alpha: float = typer.Option(0.03, help="GradCon: weight α of the gradient-alignment term."),
-    arch: Optional[str] = typer.Option(None, help="Architecture for a state_dict: mlp:2,5,1,5,2 | file.py:factory | pkg.mod:factory."),
-    activation: str = typer.Option("relu", help="Hidden activation for --arch mlp:..."),
-    output_activation: str = typer.Option("identity", help="Output activation for --arch mlp:..."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling arbitrary objects (runs code from the file)."),
-    encoder: Optional[str] = typer.Option(None, help="Attribute or method of the encoder (e.g. net.enc)."),
-    decoder: Optional[str] = typer.Option(None, help="Attribute or method of the decoder."),
-    input_shape: Optional[str] = typer.Option(None, help="Per-sample input shape, e.g. 1,28,28."),
-    data_key: Optional[str] = typer.Option(None, help="Array name inside .npz / dict .pt data."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    arch: Arch = None,
+    activation: Activation = "relu",
+    output_activation: OutputActivation = "identity",
+    trust_checkpoint: TrustCheckpoint = False,
+    encoder: Encoder = None,
+    decoder: Decoder = None,
+    input_shape: InputShape = None,
+    data_key: DataKey = None,
+    device: Device = "auto",
     seed: int = typer.Option(0, help="Seed for the split, the batches and --from-scratch weights."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> None:
     """Retrain MODEL with Toll's or GradCon's loss on normal data; write a checkpoint `aeaudit scan` loads."""
     from .data import parse_shape
@@ -196,7 +216,7 @@ def harden(
     from .model.loading import LoadOptions
     from .progress import Reporter
 
-    logging.basicConfig(level=logging.WARNING if not debug else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging(debug)
 
     def work() -> int:
         options = LoadOptions(arch=arch, activation=activation, output_activation=output_activation,
@@ -222,29 +242,29 @@ def harden(
 
 @app.command()
 def compare(
-    model: Path = typer.Argument(..., help="The original checkpoint."),
-    hardened: Path = typer.Argument(..., help="The hardened checkpoint (from aeaudit harden)."),
-    data: Path = typer.Option(..., "--data", help="Normal data: .npy, .npz, .csv/.tsv or .pt."),
+    model: Annotated[Path, typer.Argument(help="The original checkpoint.")],
+    hardened: Annotated[Path, typer.Argument(help="The hardened checkpoint (from aeaudit harden).")],
+    data: Data,
     out: Path = typer.Option(Path("aeaudit-compare"), "--out", "-o", help="Folder for compare.json and both reports."),
     budget: float = typer.Option(60.0, help="Time budget in seconds for each model's searches."),
     arch: Optional[str] = typer.Option(None, help="Architecture for state_dicts (both models): mlp:... | file.py:factory | pkg.mod:factory."),
-    activation: str = typer.Option("relu", help="Hidden activation for --arch mlp:..."),
-    output_activation: str = typer.Option("identity", help="Output activation for --arch mlp:..."),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow unpickling arbitrary objects (runs code from the file)."),
-    encoder: Optional[str] = typer.Option(None, help="Attribute or method of the encoder (e.g. net.enc)."),
-    decoder: Optional[str] = typer.Option(None, help="Attribute or method of the decoder."),
-    input_shape: Optional[str] = typer.Option(None, help="Per-sample input shape, e.g. 1,28,28."),
-    data_key: Optional[str] = typer.Option(None, help="Array name inside .npz / dict .pt data."),
+    activation: Activation = "relu",
+    output_activation: OutputActivation = "identity",
+    trust_checkpoint: TrustCheckpoint = False,
+    encoder: Encoder = None,
+    decoder: Decoder = None,
+    input_shape: InputShape = None,
+    data_key: DataKey = None,
     anomalies: Optional[Path] = typer.Option(None, help="Known anomalies (evaluation only): AUROC of each score, both models."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    device: Device = "auto",
     seed: int = typer.Option(0, help="Seed for every random choice."),
     fpr: float = typer.Option(0.01, help="False-positive rate that sets each model's τ_op on held-out normal data."),
-    bounds: str = typer.Option("auto", help="Input domain: auto | none | LO,HI."),
-    probes: Optional[str] = typer.Option(None, help="Comma-separated probes (default: all applicable)."),
+    bounds: Bounds = "auto",
+    probes: Probes = None,
     scorers: Optional[str] = typer.Option(None, help="Comma-separated scorers (the hardened model's own score is added)."),
     fail_on: str = typer.Option("high", help="Gate on the hardened model: critical | high | never."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summary."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    quiet: Quiet = False,
+    debug: Debug = False,
 ) -> None:
     """Audit MODEL and HARDENED side by side; exit 1 when the hardened model still fails the gate."""
     from .compare import compare as run_compare
@@ -254,21 +274,16 @@ def compare(
     from .progress import Reporter
     from .report import write_json
 
-    logging.basicConfig(level=logging.WARNING if not debug else logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging(debug)
 
     def work() -> int:
         validate_pair(model, hardened)
-        overrides = {}
-        if probes is not None:
-            overrides["probes"] = _split(probes)
-        if scorers is not None:
-            overrides["scorers"] = _split(scorers)
         config = ScanConfig(
             arch=arch, activation=activation, output_activation=output_activation, trust_checkpoint=trust_checkpoint,
             encoder=encoder, decoder=decoder, input_shape=parse_shape(input_shape), device=device, data_key=data_key,
             anomalies=str(anomalies) if anomalies else None, seed=seed, fpr=fpr, bounds=bounds, budget=budget,
             fail_on=fail_on, quiet=quiet,
-            command_line=shlex.join(["aeaudit", *sys.argv[1:]]), **overrides,
+            command_line=shlex.join(["aeaudit", *sys.argv[1:]]), **_selection(probes, scorers),
         )
         result = run_compare(model, hardened, data, config, reporter=Reporter(enabled=False if quiet else None))
         for name, audit in result["results"].items():
@@ -287,11 +302,11 @@ def compare(
 
 @app.command()
 def report(
-    results: Path = typer.Argument(..., help="A report.json written by `aeaudit scan`."),
+    results: Annotated[Path, typer.Argument(help="A report.json written by `aeaudit scan`.")],
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="Where to write the HTML report."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML here."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write a Markdown summary here."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of internal errors."),
+    debug: Debug = False,
 ) -> None:
     """Re-render the HTML (and optionally JUnit / Markdown) report from a saved report.json.
 

@@ -39,7 +39,9 @@ from .baseline import split_indices
 from .data import load_data, shape_samples
 from .errors import InputError
 from .model.adapter import AutoencoderAdapter
-from .model.loading import TORCHSCRIPT_EXTRAS, LoadOptions, file_sha256, finalize_shapes, load_model
+from .model.formats import TORCHSCRIPT_EXTRAS
+from .model.loading import LoadOptions, file_sha256, load_model
+from .model.shapes import finalize_shapes
 from .progress import Reporter
 from .report.atomic import atomic_path
 

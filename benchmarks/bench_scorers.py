@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from aeaudit.model.loading import finalize_shapes, load_model
+from aeaudit.model import finalize_shapes, load_model
 from aeaudit.scorers.energy import EnergyScorer
 from aeaudit.scorers.gradcon import (GradConScorer, decoder_weight_layers, gradcon_score, per_sample_grads_hooks,
                                      per_sample_grads_loop)

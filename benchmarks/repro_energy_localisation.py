@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import _common as C
-from aeaudit.model.loading import finalize_shapes, load_model
+from aeaudit.model import finalize_shapes, load_model
 from aeaudit.scorers.energy import EnergyScorer
 from aeaudit.zoo import ConvAutoencoder
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from aeaudit import load_data, load_model
-from aeaudit.model.loading import finalize_shapes
+from aeaudit.model import finalize_shapes
 from aeaudit.zoo import MLPAutoencoder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from aeaudit import InputError, UntrustedCheckpointError, load_model
-from aeaudit.model.loading import conv_input_shape, finalize_shapes
+from aeaudit.model.shapes import conv_input_shape, finalize_shapes
 from aeaudit.zoo import ConvAutoencoder, MLPAutoencoder
 
 import helpers

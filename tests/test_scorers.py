@@ -11,7 +11,7 @@ from torch import nn
 from aeaudit.audit import prepare, scan
 from aeaudit.config import ScanConfig
 from aeaudit.errors import InputError
-from aeaudit.model.loading import finalize_shapes, load_model
+from aeaudit.model import finalize_shapes, load_model
 from aeaudit.scorers import SCORERS, make_scorer
 from aeaudit.scorers.compare import adaptive_probe_names
 from aeaudit.scorers.gradcon import (REFERENCE_KEY, GradConScorer, decoder_weight_layers, gradcon_score,

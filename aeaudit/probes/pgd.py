@@ -181,7 +181,7 @@ class PGDSearch(Probe):
         return track, self.steps, False
 
     def _run(self, ctx: ProbeContext) -> ProbeResult:
-        adapter, b = ctx.adapter, ctx.baseline
+        adapter = ctx.adapter
         space = self._space(ctx)
         gen = ctx.generator(salt=self.salt)
         rounds = 1 + max(0, self.restarts)

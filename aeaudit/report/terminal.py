@@ -1,6 +1,7 @@
 """The terminal summary of a scan: verdict first, then the numbers behind it."""
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from rich.console import Console
@@ -8,6 +9,8 @@ from rich.table import Table
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
@@ -32,7 +35,7 @@ def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10)
     for col in ("probe", "status", "evaluations", "seconds", "note"):
         probes.add_column(col)
     for p in report["probes"]:
-        probes.add_row(p["probe"], p["status"], str(p["evaluations"]), f"{p['seconds']:.1f}", p["reason"][:70])
+        probes.add_row(p["probe"], p["status"], str(p["evaluations"]), f"{p['seconds']:.1f}", textwrap.shorten(p["reason"], 120, placeholder=" …"))
     console.print(probes)
 
     findings = report["findings"]
