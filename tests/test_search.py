@@ -171,7 +171,8 @@ def test_tiny_budget_returns_incomplete_quickly():
     elapsed = time.perf_counter() - start
     assert result.status == "incomplete"
     assert all(p["status"] == "incomplete" and "budget" in p["reason"] for p in result.probes)
-    assert sum(p["seconds"] for p in result.probes) < 0.5 + 0.5  # one batch or step past the deadline at most
+    # unbudgeted, 10**6 steps would run for hours; the slack covers one batch past the deadline on a loaded 2-core CI
+    assert sum(p["seconds"] for p in result.probes) < 0.5 + 2.0
     assert elapsed < 10
 
 
