@@ -63,6 +63,12 @@ def _selection(probes: Optional[str], scorers: Optional[str]) -> dict[str, tuple
     return {key: _split(text) for key, text in chosen.items() if text is not None}
 
 
+def _console() -> Console:
+    """The summary's console: the terminal's width, or 120 columns in a CI log, where rich would
+    otherwise assume 80 and cut numbers short."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+
 def _setup_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -176,7 +182,7 @@ def scan(
         write_json(report, out / "report.json")
         written = write_extra_reports(report, out / "report.html", junit, markdown)
         if not quiet:
-            console = Console(highlight=False)
+            console = _console()
             render_summary(report, console)
             console.print(f"report: {out / 'report.json'}, " + ", ".join(str(w) for w in written))
         return result.exit_code()
@@ -227,7 +233,7 @@ def harden(
                             reporter=Reporter(enabled=False if quiet else None))
         path = result.save(out)
         if not quiet:
-            console = Console(highlight=False)
+            console = _console()
             knob = f"β {beta:g}" if method == "toll" else f"α {alpha:g}"
             console.print(f"hardened with {method} ({knob}, {'from scratch' if from_scratch else 'fine-tuned'}, "
                           f"{result.settings['steps']} steps): held-out objective {result.heldout_before:.4g} → "
@@ -292,7 +298,7 @@ def compare(
             write_extra_reports(report, out / name / "report.html", None, None)
         write_json(compare_json(result), out / "compare.json")
         if not quiet:
-            console = Console(highlight=False)
+            console = _console()
             render_compare(result, console)
             console.print(f"compare: {out / 'compare.json'} (full audits in {out / 'original'} and {out / 'hardened'})")
         return result["exit_code"]

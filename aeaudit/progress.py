@@ -22,19 +22,20 @@ class _Task:
 class Reporter:
     """Hands out progress tasks; a disabled reporter does nothing."""
 
-    def __init__(self, enabled: bool | None = None):
+    def __init__(self, enabled: bool | None = None, console=None):
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._progress = None
+        self.console = console  # a rich Console; None: rich's own (stderr's terminal)
 
     @contextmanager
     def task(self, description: str, total: float | None = None) -> Iterator[_Task]:
         if not self.enabled:
             yield _Task(None, None)
             return
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
-                      TimeElapsedColumn(), TimeRemainingColumn(), transient=True) as progress:
+        # MofNCompleteColumn shows "?" for a task of unknown length (total=None)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TimeRemainingColumn(), transient=True, console=self.console) as progress:
             task_id = progress.add_task(description, total=total)
             yield _Task(progress, task_id)
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's demo: set up .venv (idempotent), train the MNIST {4,5,7} conv autoencoder of
 # "Autoencoders for anomaly detection are unreliable" (Figure 2a), scan it, and say where the report is.
-# Exits 0 when the scan ran, whatever it found; the scan's own exit code is printed.
+# Then, so that the demo also shows what a failing gate looks like, scan a linear autoencoder trained
+# by gradient descent: Lemma 1 of the same paper says its principal plane is a blind spot.
+# Exits 0 when the scans ran, whatever they found; each scan's own exit code is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -23,3 +25,13 @@ case $status in
     *) echo "demo: scan failed with exit code $status" >&2; exit "$status" ;;
 esac
 echo "demo: report written to $(pwd)/aeaudit-out/report.json (open report.html beside it in a browser)"
+
+echo "demo: a linear autoencoder, which has a provable blind spot (a few seconds)"
+.venv/bin/python examples/train_linear.py --out "$MODELS" --seed 0 >/dev/null
+status=0
+.venv/bin/aeaudit scan "$MODELS/linear_gd.pt" --data "$MODELS/linear_data.npy" --arch mlp:8,2,8 --budget 15 \
+    --out aeaudit-out/linear_gd || status=$?
+case $status in
+    1) echo "demo: scan exit code 1, as expected: report in $(pwd)/aeaudit-out/linear_gd/" ;;
+    *) echo "demo: the linear autoencoder's scan exited $status; expected 1 (blind spots found)" >&2; exit 1 ;;
+esac

@@ -41,11 +41,14 @@ def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10)
     findings = report["findings"]
     if findings:
         table = Table(title=f"findings (top {min(max_rows, len(findings))} of {len(findings)})")
-        for col in ("#", "severity", "kind", "probe", "loss", "loss/τ_op", "distance", "d/s"):
-            table.add_column(col)
-        for i, f in enumerate(findings[:max_rows]):
-            table.add_row(str(i + 1), f["severity"], f["kind"], f["probe"], _fmt(f["loss"]), _fmt(f["loss_ratio"]),
-                          _fmt(f["distance"]), _fmt(f["distance_ratio"]))
+        # fits 80 columns; the finding's kind and absolute distance are in report.json and report.html
+        cells = [[str(i + 1), f["severity"], f["probe"], _fmt(f["loss"]), _fmt(f["loss_ratio"]), _fmt(f["distance_ratio"])]
+                 for i, f in enumerate(findings[:max_rows])]
+        for j, col in enumerate(("#", "severity", "probe", "loss", "loss/τ_op", "d/s")):
+            numeric = col in ("#", "loss", "loss/τ_op", "d/s")  # numbers are never cut; words may be
+            table.add_column(col, no_wrap=True, min_width=max(len(row[j]) for row in cells) if numeric else None)
+        for row in cells:
+            table.add_row(*row)
         console.print(table)
     else:
         console.print("findings: none found within budget")
@@ -57,7 +60,8 @@ def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10)
         for col in cols:
             table.add_column(col)
         for r in rows:
-            table.add_row(r["scorer"], _fmt(r.get("transferred_detection_rate")), _fmt(r.get("auroc")),
+            rate = r.get("transferred_detection_rate")
+            table.add_row(r["scorer"], "—" if rate is None else f"{100 * rate:.0f} %", _fmt(r.get("auroc")),
                           _fmt(r.get("adaptive_findings")), _fmt(r.get("adaptive_best_distance_ratio")),
                           _fmt(r.get("adaptive_best_loss_ratio")), r.get("verdict", ""))
         console.print(table)
