@@ -114,6 +114,8 @@ def test_html_parses_and_shows_every_section_with_data(scanned):
     # the affine check certifies the blind first axis; its loss-vs-distance plot and the latent map are drawn
     assert any(f["kind"] == "certificate" and f["probe"] == "affine" for f in report["findings"])
     assert len(page.images_in("certificates")) == 1 and "affine" in page.text["certificates"]
+    eigenvalues = report["artifacts"]["affine"]["eigenvalues_near_1"]  # to 7 digits: 0.9997 must not read as 1
+    assert ", ".join(f"{v:.7g}" for v in eigenvalues) in page.text["certificates"]
     assert "loss_map" in report["artifacts"]["grid"] and len(page.images_in("latent-map")) == 1
     # tabular data: each gallery card lists the features that depart most from the nearest normal sample
     with_x = [f for f in report["findings"] if f.get("x") is not None]

@@ -178,9 +178,13 @@ ANALYTIC_FACTS = (
 RAY_PRIORITY = 10  # rays drawn per check: the most blind first
 
 
-def _fact(value: Any) -> str:
+FACT_DIGITS = {"eigenvalues_near_1": 7}  # 0.9997 vs 1 is the point: a near-1 eigenvalue bounds the blind ray
+
+
+def _fact(key: str, value: Any) -> str:
+    digits = FACT_DIGITS.get(key, 3)
     if isinstance(value, list):
-        return ", ".join(num(v, 3) for v in value[:6]) + (" …" if len(value) > 6 else "")
+        return ", ".join(num(v, digits) for v in value[:6]) + (" …" if len(value) > 6 else "")
     return num(value)
 
 
@@ -193,7 +197,7 @@ def certificates_view(report: dict) -> dict[str, Any]:
     for p in analytic:
         art = artifacts.get(p.get("probe"))
         art = art if isinstance(art, dict) else {}
-        facts = [(label, _fact(art[key])) for key, label in ANALYTIC_FACTS if key in art and art[key] is not None]
+        facts = [(label, _fact(key, art[key])) for key, label in ANALYTIC_FACTS if key in art and art[key] is not None]
         by_source = art.get("summary") if isinstance(art.get("summary"), dict) else {}
         sources = [{"source": k, "rays": num(v.get("rays")), "unbounded": num(v.get("unbounded")),
                     "growth": num(v.get("median_growth_exponent"), 3)} for k, v in by_source.items() if isinstance(v, dict)]
