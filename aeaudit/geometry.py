@@ -72,6 +72,33 @@ class NearestNeighbours:
         return dist[rows, best], idx[rows, best]
 
 
+    def shortlist(self, queries: torch.Tensor, k: int) -> "Shortlist":
+        """The references among the ``k`` nearest of any query (no gradient), for
+        :meth:`nearest_among` while the queries move only a little (the steps of a search)."""
+        q = queries.detach().reshape(queries.shape[0], -1).to(self.reference.dtype)
+        rows = torch.unique(self._nearest_indices(q, min(k, self.reference.shape[0]), exclude_self=False))
+        return Shortlist(rows, self.reference[rows], self.ref_sq[rows])
+
+    def nearest_among(self, queries: torch.Tensor, shortlist: "Shortlist") -> torch.Tensor:
+        """Distance ``[N]`` from each query to its nearest shortlisted reference (differentiable).
+        An upper bound of the true nearest distance, equal to it while the true nearest is on the
+        list; one small matrix product instead of a pass over the whole reference set, and the
+        gradient flows through the one chosen reference only."""
+        q = queries.reshape(queries.shape[0], -1).to(self.reference.dtype)
+        with torch.no_grad():
+            best = torch.addmm(shortlist.sq.unsqueeze(0), q, shortlist.points.T, alpha=-2.0).argmin(dim=1)
+        return (q - shortlist.points[best]).pow(2).sum(dim=1).sqrt()
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """A subset of the reference set: its row numbers, points ``[K, n]`` and squared norms."""
+
+    rows: torch.Tensor
+    points: torch.Tensor
+    sq: torch.Tensor
+
+
 def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk_elements: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
     """Convenience wrapper: exact 1-NN distances from ``queries`` to ``reference``."""
     return NearestNeighbours(reference, chunk_elements).query(queries)

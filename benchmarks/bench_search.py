@@ -4,6 +4,9 @@
    Adam, projection) against the model's own forward+backward on the same batch. Target ≤ 1.5×
    for input-space PGD. A latent-space step also decodes ``z`` first, so its fair yardstick is
    decoder + forward+backward; both ratios are printed.
+   **Distance term per step** at growing reference sets: a full nearest-neighbour pass with its
+   gradient (what a step would cost without a shortlist) against PGD's shortlisted distance
+   (one full pass every ``SHORTLIST_REFRESH`` steps, then ``SHORTLIST`` candidates per start).
 2. **Exact nearest-neighbour distances** (``aeaudit.geometry.NearestNeighbours``) against
    scikit-learn's brute-force ``NearestNeighbors`` on 10 000 × 784. Target ≥ 1× (as fast or faster).
 3. **Search power at equal budget**: PGD (latent, input) against random search with the same
@@ -128,6 +131,37 @@ def step_cost(args, model: torch.nn.Module, data: np.ndarray) -> dict:
     return out
 
 
+def distance_term(args) -> dict:
+    """Cost of one step's differentiable nearest distance, full pass vs shortlist, as the reference set grows."""
+    from aeaudit.probes.pgd import SHORTLIST, SHORTLIST_REFRESH
+
+    g = torch.Generator().manual_seed(0)
+    sizes = (1000, 4000) if args.smoke else (1200, 12_000, 60_000)
+    q = torch.rand(args.starts, 784, generator=g).to(args.device)
+    rows = {}
+    print(f"[1b] distance term of one PGD step, batch {args.starts} x 784 ({args.device}); shortlist {SHORTLIST}, "
+          f"full pass every {SHORTLIST_REFRESH} steps")
+    for m in sizes:
+        nn_ = NearestNeighbours(torch.rand(m, 784, generator=g).to(args.device))
+        short = nn_.shortlist(q, SHORTLIST)
+
+        def full():
+            qq = q.clone().requires_grad_(True)
+            torch.autograd.grad(nn_.query(qq, refine=1)[0].sum(), qq)
+
+        def listed():
+            qq = q.clone().requires_grad_(True)
+            torch.autograd.grad(nn_.nearest_among(qq, short).sum(), qq)
+
+        t = fastest({"full": full, "listed": listed,
+                     "refresh": lambda: nn_.shortlist(q, SHORTLIST)}, args.repeats, args.device)
+        per_step = t["listed"] + t["refresh"] / SHORTLIST_REFRESH
+        rows[m] = {"full_ms": 1e3 * t["full"], "shortlist_ms": 1e3 * per_step, "speedup": t["full"] / per_step}
+        print(f"     {m:6d} references: full pass {1e3 * t['full']:8.2f} ms   shortlist {1e3 * per_step:6.2f} ms "
+              f"(refresh amortised)   {rows[m]['speedup']:.1f}x")
+    return rows
+
+
 # --------------------------------------------------------------------------- 2. nearest neighbours
 def nearest_neighbours(args) -> dict:
     from sklearn.neighbors import NearestNeighbors
@@ -191,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats (the fastest counts)")
     p.add_argument("--nn-queries", type=int, default=10_000, help="queries in the nearest-neighbour comparison")
     p.add_argument("--train-steps", type=int, default=1500, help="training steps of the MNIST conv AE")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: step,nn,power")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: step,distance,nn,power")
     args = p.parse_args(argv)
     C.setup(args)
     started = time.perf_counter()
@@ -201,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     mnist = mnist_model(args) if not {"step", "power"} <= skip else None
     if "step" not in skip:
         results["step_cost"] = step_cost(args, *mnist)
+    if "distance" not in skip:
+        results["distance_term"] = distance_term(args)
     if "nn" not in skip:
         results["nearest_neighbours"] = nearest_neighbours(args)
     if "power" not in skip:

@@ -202,6 +202,26 @@ def test_nearest_neighbours_equal_a_float64_brute_force():
     np.testing.assert_allclose(d.numpy(), d64.min(dim=1).values.numpy(), rtol=1e-12, atol=1e-9)
 
 
+def test_shortlisted_distance_is_exact_near_the_listed_points_and_never_below_the_truth():
+    g = torch.Generator().manual_seed(1)
+    ref = torch.randn(2000, 20, dtype=torch.float64, generator=g)
+    nn = NearestNeighbours(ref)
+    queries = ref[:40] + 0.3 * torch.randn(40, 20, dtype=torch.float64, generator=g)
+    listed = nn.shortlist(queries, 8)
+    assert listed.rows.numel() <= 40 * 8 and torch.equal(listed.points, ref[listed.rows])
+    exact = torch.cdist(queries, ref).min(dim=1).values
+    np.testing.assert_allclose(nn.nearest_among(queries, listed).numpy(), exact.numpy(), rtol=1e-12)
+    # after a move the list may miss the new nearest reference: the distance is then an upper bound
+    moved = queries + 2.0 * torch.randn(40, 20, dtype=torch.float64, generator=g)
+    assert bool((nn.nearest_among(moved, listed) >= torch.cdist(moved, ref).min(dim=1).values - 1e-12).all())
+    # differentiable through the chosen reference: the unit vector away from it
+    q = queries.clone().requires_grad_(True)
+    d = nn.nearest_among(q, listed)
+    grad, = torch.autograd.grad(d.sum(), q)
+    nearest = ref[torch.cdist(queries, ref).argmin(dim=1)]
+    np.testing.assert_allclose(grad.numpy(), ((queries - nearest) / d.detach()[:, None]).numpy(), rtol=1e-10)
+
+
 # --------------------------------------------------------------------------- merging and grid order
 def _naive_merge(x: torch.Tensor, radius: float) -> tuple[list[int], list[int]]:
     taken, kept, absorbed = np.zeros(len(x), dtype=bool), [], []
