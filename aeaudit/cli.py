@@ -9,7 +9,7 @@ import logging
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -36,6 +36,10 @@ DataKey = Annotated[Optional[str], typer.Option(help="Array name inside .npz / d
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Bounds = Annotated[str, typer.Option(help="Input domain: auto | none | LO,HI.")]
 Probes = Annotated[Optional[str], typer.Option(help="Comma-separated probes (default: all applicable).")]
+ProbeSettings = Annotated[str, typer.Option(help="Probe settings KEY=VALUE, comma-separated; NAME.KEY for one probe, "
+                                                 "e.g. steps=400,pgd-input.starts=128 (docs/searches.md).")]
+ScorerSettings = Annotated[str, typer.Option(help="Scorer settings KEY=VALUE, comma-separated; NAME.KEY for one "
+                                                  "scorer, e.g. toll.beta=10,gradcon.beta=0.2 (docs/scorers.md).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
 
@@ -57,10 +61,15 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
-def _selection(probes: Optional[str], scorers: Optional[str]) -> dict[str, tuple[str, ...]]:
-    """The probes and scorers named on the command line; those not named keep ScanConfig's defaults."""
+def _selection(probes: Optional[str], scorers: Optional[str], probe_settings: str, scorer_settings: str) -> dict[str, Any]:
+    """The probes and scorers named on the command line (those not named keep ScanConfig's
+    defaults) and their settings."""
+    from .settings import parse_settings
+
     chosen = {"probes": probes, "scorers": scorers}
-    return {key: _split(text) for key, text in chosen.items() if text is not None}
+    return {**{key: _split(text) for key, text in chosen.items() if text is not None},
+            "probe_settings": parse_settings(probe_settings, "--probe-settings"),
+            "scorer_settings": parse_settings(scorer_settings, "--scorer-settings")}
 
 
 def _console() -> Console:
@@ -148,6 +157,8 @@ def scan(
     bounds: Bounds = "auto",
     probes: Probes = None,
     scorers: Optional[str] = typer.Option(None, help="Comma-separated scorers to compare."),
+    probe_settings: ProbeSettings = "",
+    scorer_settings: ScorerSettings = "",
     latent_extent: float = typer.Option(3.0, help="Latent box = normal latents' range widened this many times."),
     top_k: int = typer.Option(64, help="Findings kept with their arrays."),
     fail_on: str = typer.Option("high", help="Gate: critical | high | never."),
@@ -175,7 +186,7 @@ def scan(
             threshold=threshold, min_distance=min_distance, bounds=bounds, budget=budget, latent_extent=latent_extent,
             top_k=top_k, fail_on=fail_on, quiet=quiet, command_line=shlex.join(["aeaudit", *sys.argv[1:]]),
             config_file=str(config_file) if config_file else "",
-            **_selection(probes, scorers),
+            **_selection(probes, scorers, probe_settings, scorer_settings),
         )
         result = run_scan(model, data, config, reporter=Reporter(enabled=False if quiet else None))
         report = result.to_dict()
@@ -268,6 +279,8 @@ def compare(
     bounds: Bounds = "auto",
     probes: Probes = None,
     scorers: Optional[str] = typer.Option(None, help="Comma-separated scorers (the hardened model's own score is added)."),
+    probe_settings: ProbeSettings = "",
+    scorer_settings: ScorerSettings = "",
     fail_on: str = typer.Option("high", help="Gate on the hardened model: critical | high | never."),
     quiet: Quiet = False,
     debug: Debug = False,
@@ -289,7 +302,7 @@ def compare(
             encoder=encoder, decoder=decoder, input_shape=parse_shape(input_shape), device=device, data_key=data_key,
             anomalies=str(anomalies) if anomalies else None, seed=seed, fpr=fpr, bounds=bounds, budget=budget,
             fail_on=fail_on, quiet=quiet,
-            command_line=shlex.join(["aeaudit", *sys.argv[1:]]), **_selection(probes, scorers),
+            command_line=shlex.join(["aeaudit", *sys.argv[1:]]), **_selection(probes, scorers, probe_settings, scorer_settings),
         )
         result = run_compare(model, hardened, data, config, reporter=Reporter(enabled=False if quiet else None))
         for name, audit in result["results"].items():

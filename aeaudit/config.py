@@ -6,8 +6,9 @@ from typing import Any
 
 from .errors import InputError
 from .model.loading import LoadOptions
-from .probes import DEFAULT_PROBES
-from .scorers import DEFAULT_SCORERS
+from .probes import DEFAULT_PROBES, PROBES
+from .scorers import DEFAULT_SCORERS, SCORERS
+from .settings import check_settings
 
 FAIL_ON = ("critical", "high", "never")
 
@@ -57,6 +58,8 @@ class ScanConfig:
             raise InputError(f"--budget {self.budget}: must be a positive number of seconds")
         if self.top_k < 1:
             raise InputError(f"--top-k {self.top_k}: must be at least 1")
+        check_settings(self.probe_settings, PROBES, "--probe-settings")
+        check_settings(self.scorer_settings, SCORERS, "--scorer-settings", extra=("adaptive_probes",))
 
     def load_options(self) -> LoadOptions:
         return LoadOptions(arch=self.arch, activation=self.activation, output_activation=self.output_activation,

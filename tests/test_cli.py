@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 import aeaudit
 from aeaudit.cli import app
 from aeaudit.report import read_json, strip_timings
+from aeaudit.probes import make_probe
+from aeaudit.settings import parse_settings
 
 from helpers import PROJECTION_ARCH, line_data, projection_ae, save_constant_case, save_projection_case
 
@@ -221,3 +223,28 @@ def test_python_m_aeaudit_exit_codes_and_quiet(cases):
 def test_version():
     result = invoke("--version")
     assert result.exit_code == 0 and result.stdout.strip() == f"aeaudit {aeaudit.__version__}"
+
+
+def test_probe_and_scorer_settings_reach_the_probes_and_typos_exit_2(cases):
+    model, data = cases["proj"]
+    result = invoke("scan", model, "--arch", PROJECTION_ARCH, "--data", data, *FAST, "-o", "out", "--quiet",
+                    "--probe-settings", "samples=300,random.batch_size=100")
+    assert result.exit_code == 1, result.output
+    report = read_json(cases["dir"] / "out" / "report.json")
+    assert report["settings"]["probe_settings"] == {"samples": 300, "random": {"batch_size": 100}}
+    assert report["probes"][0]["evaluations"] == 2 * 300  # samples per space: input and latent
+    for flag, value, named in (("--probe-settings", "pgd-input.stepz=5", "pgd-input.stepz"),
+                               ("--probe-settings", "stepz=5", "stepz"),
+                               ("--scorer-settings", "toll.betta=2", "toll.betta"),
+                               ("--probe-settings", "steps", "KEY=VALUE")):
+        result = invoke("scan", model, "--arch", PROJECTION_ARCH, "--data", data, *FAST, "-o", "bad", flag, value)
+        assert result.exit_code == 2 and named in _one_line_error(result), (value, result.output)
+    assert not (cases["dir"] / "bad").exists()
+
+
+def test_parse_settings_types_and_nesting():
+    assert parse_settings("steps=400, pgd-input.starts=128,toll.beta=1e1,x=true,optimizer=sign", "--s") == {
+        "steps": 400, "pgd-input": {"starts": 128}, "toll": {"beta": 10.0}, "x": True, "optimizer": "sign"}
+    assert parse_settings("", "--s") == {}
+    probe = make_probe("random", {"samples": 3, "steps": 9, "random": {"batch_size": 7}, "pgd-input": {"samples": 5}})
+    assert (probe.samples, probe.batch_size) == (3, 7)  # flat keys it takes, its own win, others' ignored

@@ -250,6 +250,7 @@ model = "../case/{model.name}"
 arch = "{PROJECTION_ARCH}"
 data = "../case/{data.name}"
 probes = ["random"]
+probe-settings = ["samples=300", "random.batch_size=100"]
 budget = 1
 seed = 5
 fail-on = "never"
@@ -262,6 +263,7 @@ out = "from-file"
     report = read_json(tmp_path / "cfg" / "from-file" / "report.json")
     assert (report["seed"], report["gate"]["fail_on"], report["settings"]["probes"]) == (5, "never", ["random"])
     assert report["settings"]["config_file"].endswith("aeaudit.toml")
+    assert report["settings"]["probe_settings"] == {"samples": 300, "random": {"batch_size": 100}}
     monkeypatch.chdir(tmp_path)
     result = invoke("scan", "--config", tmp_path / "cfg" / "aeaudit.toml", "--fail-on", "high", "--seed", "1", "-o", "cli")
     assert result.exit_code == 1, result.output  # the flag's gate applies: the blind axis fails it

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..errors import InputError
+from ..settings import constructor_kwargs
 from .affine import AffineCheck
 from .base import Objective, Probe, ProbeContext, ProbeResult
 from .far_field import FarField
@@ -23,17 +24,13 @@ DEFAULT_PROBES: tuple[str, ...] = ("pca-reference", "affine", "far-field", "grid
 
 
 def make_probe(name: str, settings: dict | None = None) -> Probe:
-    """Instantiate a registered probe; ``settings`` holds scan-wide options a probe may take
-    (only the keyword arguments its ``__init__`` accepts are passed)."""
+    """Instantiate a registered probe. ``settings``: flat keys any probe may take and, under a
+    probe's name, a dict of its own, which wins (see :mod:`aeaudit.settings`)."""
     try:
         cls = PROBES[name]
     except KeyError:
         raise InputError(f"--probes: unknown probe {name!r}; choose from {', '.join(PROBES)}") from None
-    import inspect
-
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in (settings or {}).items() if k in accepted and v is not None}
-    return cls(**kwargs)
+    return cls(**constructor_kwargs(name, cls, settings, PROBES))
 
 
 __all__ = ["DEFAULT_PROBES", "PROBES", "Objective", "Probe", "ProbeContext", "ProbeResult", "make_probe"]

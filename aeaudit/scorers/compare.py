@@ -36,11 +36,14 @@ SCORER_BUDGET_SHARE = 0.4  # of the scan budget, kept for fitting and attacking 
 
 
 def adaptive_probe_names(settings: dict[str, Any]) -> tuple[str, ...]:
-    """The searches run against each scorer: ``scorer_settings["adaptive_probes"]`` if given, else
+    """The searches run against each scorer: ``scorer_settings["adaptive_probes"]`` (a list, or
+    names joined by ``+``) if given, else
     the PGD searches that are installed, else random search."""
     from ..probes import PROBES
 
     wanted = settings.get("adaptive_probes")
+    if isinstance(wanted, str):  # from --scorer-settings adaptive_probes=pgd-input+random
+        wanted = [n for n in wanted.split("+") if n]
     if wanted:
         unknown = [n for n in wanted if n not in PROBES]
         if unknown:
