@@ -23,15 +23,6 @@ from aeaudit.zoo import ConvAutoencoder, MLPAutoencoder
 ANALYTIC = ("pca-reference", "affine", "far-field")
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These models are tiny: one thread avoids contention on a shared CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _context(model, data, **settings):
     state = prepare(model, data, ScanConfig(quiet=True, **settings))
     return state, state.context(state.recon_objective(), Budget(None))

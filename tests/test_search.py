@@ -28,15 +28,6 @@ from aeaudit.zoo import MLPAutoencoder
 from helpers import constant_ae
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @functools.lru_cache(maxsize=None)
 def _planted(n_features: int, latent: int, seed: int = 0):
     g = np.random.default_rng(seed)
