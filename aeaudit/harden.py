@@ -230,37 +230,17 @@ def _output_format(adapter: AutoencoderAdapter) -> str:
 
 
 def decoder_weights(adapter: AutoencoderAdapter) -> dict[str, nn.Parameter]:
-    """The decoder's layer weights by parameter name — the layers GradCon's gradient term and score use.
+    """The decoder's layer weights by parameter name — the layers GradCon's gradient term and
+    score use (:func:`aeaudit.scorers.gradcon.decoder_weight_layers`)."""
+    from .scorers.gradcon import decoder_weight_layers, layer
 
-    Matches the gradcon scorer's choice (the Linear / Conv / ConvTranspose layers the decoder
-    calls); TorchScript decoders, which run no Python hooks, use the decoder submodule's
-    weight matrices and kernels instead."""
-    module = adapter.module
     if not adapter.has_latent:
         raise InputError(f"--method gradcon needs the decoder: {adapter.split_reason}")
-    if isinstance(module, torch.jit.ScriptModule):
-        dec = adapter._decoder_path or ""
-        sub = module
-        try:
-            for part in dec.split("."):
-                sub = getattr(sub, part)
-        except AttributeError:
-            sub = None
-        if not isinstance(sub, nn.Module):
-            raise InputError(f"--method gradcon: the TorchScript decoder {dec!r} is a method, not a submodule; "
-                             "name a decoder submodule with --decoder")
-        weights = {f"{dec}.{n}": p for n, p in sub.named_parameters() if n.endswith("weight") and p.dim() >= 2}
-    else:
-        from .scorers.gradcon import decoder_weight_layers
-
-        try:
-            names, _ = decoder_weight_layers(adapter)
-        except ValueError as exc:
-            raise InputError(f"--method gradcon: {exc}") from None
-        weights = {f"{n}.weight": module.get_submodule(n).weight for n in names}
-    if not weights:
-        raise InputError("--method gradcon: the decoder has no Linear/Conv/ConvTranspose weights")
-    return weights
+    try:
+        names, _ = decoder_weight_layers(adapter)
+    except ValueError as exc:
+        raise InputError(f"--method gradcon: {exc}") from None
+    return {f"{n}.weight": layer(adapter.module, n).weight for n in names}
 
 
 def reinitialise(module: nn.Module, seed: int) -> None:

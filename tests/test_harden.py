@@ -15,7 +15,8 @@ from aeaudit.cli import app
 from aeaudit.compare import compare, hardening_method
 from aeaudit.errors import InputError
 from aeaudit.harden import harden, reinitialise
-from aeaudit.model.loading import load_model
+from aeaudit.model import finalize_shapes, load_model
+from aeaudit.scorers.gradcon import GradConScorer
 
 from helpers import PROJECTION_ARCH, NoSplitNet, gaussian_data, line_data, projection_ae, trained_toy
 
@@ -85,6 +86,12 @@ def test_torchscript_in_torchscript_out_keeps_extras(tmp_path, data):
     assert adapter.card.format == "torchscript"
     assert set(adapter.checkpoint_extras["gradcon_reference"]) == {"decoder.0.weight", "decoder.2.weight"}
     assert adapter.checkpoint_extras["aeaudit"]["source"] == str(src)
+    finalize_shapes(adapter, torch.as_tensor(data[:2]))
+    scorer = GradConScorer().fit(adapter, torch.as_tensor(data))  # the scorer reads the stored reference
+    assert not scorer.posthoc and scorer.method_ == "loop"
+    stored = adapter.checkpoint_extras["gradcon_reference"]
+    for name, ref in zip(scorer.layer_names_, scorer.reference_):
+        torch.testing.assert_close(ref, stored[f"{name}.weight"].reshape(-1))
     with pytest.raises(InputError, match="input model"):
         res.save(src)
 

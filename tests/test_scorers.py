@@ -208,6 +208,29 @@ def test_gradcon_posthoc_reference_is_the_mean_gradient_and_score_is_differentia
     assert torch.allclose(grad_hooks, grad_func, rtol=1e-6, atol=1e-12)
 
 
+def test_gradcon_on_torchscript_equals_the_eager_model(tmp_path):
+    """TorchScript runs no hooks: the score falls back to one backward per sample and must give the
+    eager model's reference, scores and input gradients."""
+    x = torch.rand(6, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    eager = Conv1dAE().double()
+    torch.jit.save(torch.jit.script(eager), str(tmp_path / "ae.pt"))
+    scripted = load_model(tmp_path / "ae.pt", device="cpu", input_shape=(1, 8))
+    finalize_shapes(scripted, x[:2])
+    s_eager = GradConScorer().fit(adapter_of(eager, x), x)
+    s_script = GradConScorer().fit(scripted, x)
+    assert s_script.method_ == "loop" and s_eager.method_ == "hooks"
+    assert s_script.layer_names_ == s_eager.layer_names_ and "TorchScript" in s_script.note_
+    for a, b in zip(s_script.reference_, s_eager.reference_):
+        assert torch.allclose(a, b, rtol=1e-10)
+    grads = []
+    for s in (s_script, s_eager):
+        xr = x.clone().requires_grad_(True)
+        score = s.score(xr)
+        grads.append(torch.autograd.grad(score.sum(), xr)[0])
+        assert torch.allclose(score.detach(), s_eager.score(x), rtol=1e-10)
+    assert grads[1].abs().max() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-8, atol=1e-14)
+
+
 # --------------------------------------------------------------------------- the shared contract
 @pytest.fixture(scope="module")
 def toy():
@@ -274,3 +297,13 @@ def test_comparison_reports_a_scorer_that_cannot_apply():
     out = compare_scorers(state, [], Budget(10))
     row = out["table"][0]
     assert row["verdict"].startswith("not evaluated (needs the latent code") and row["adaptive_findings"] is None
+
+
+def test_only_a_completed_empty_search_closes_the_gap():
+    from aeaudit.scorers.compare import _verdict
+
+    assert _verdict(0.95, 0, True, "") == "closes the gap"
+    assert _verdict(0.95, 0, True, "", complete=False).startswith("detects the transferred findings")
+    assert _verdict(None, 0, True, "", complete=False) == "not evaluated (no recon findings; none of its own within the budget)"
+    assert _verdict(0.95, 3, True, "") == _verdict(0.5, 0, True, "") == "blind spots remain"
+    assert _verdict(0.95, 0, False, "no time left") == "not evaluated (no time left)"

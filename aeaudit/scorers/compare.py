@@ -98,7 +98,8 @@ def _best_ratios(found: list[Finding], scorer: Scorer) -> tuple[float | None, fl
     return best_d, ratio, quantile
 
 
-def _verdict(rate: float | None, n_adaptive: int, searched: bool, search_note: str) -> str:
+def _verdict(rate: float | None, n_adaptive: int, searched: bool, search_note: str, complete: bool = True) -> str:
+    """An empty search that the budget cut short never "closes the gap": it says so instead."""
     if n_adaptive:
         return "blind spots remain"
     if rate is not None and rate < HIGH_DETECTION:
@@ -106,7 +107,9 @@ def _verdict(rate: float | None, n_adaptive: int, searched: bool, search_note: s
     if not searched:
         return f"not evaluated ({search_note})"
     if rate is None:
-        return "not evaluated (no recon findings; none of its own)"
+        return "not evaluated (no recon findings; none of its own" + ("" if complete else " within the budget") + ")"
+    if not complete:
+        return "detects the transferred findings; its own search found none before the budget ran out"
     return "closes the gap"
 
 
@@ -160,7 +163,8 @@ def _evaluate(state, name: str, scan_findings: list[Finding], adversarial: torch
     row["adaptive_critical"] = sum(f.severity == "critical" for f in found)
     (row["adaptive_best_distance_ratio"], row["adaptive_best_loss_ratio"],
      row["adaptive_best_normal_quantile"]) = _best_ratios(found, scorer)
-    row["verdict"] = _verdict(row["transferred_detection_rate"], len(found), searched, search_note)
+    complete = all(r.status in ("complete", "skipped") for r in results)
+    row["verdict"] = _verdict(row["transferred_detection_rate"], len(found), searched, search_note, complete)
     return row, curve, found, [r.summary() for r in results], interrupted
 
 

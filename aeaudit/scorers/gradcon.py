@@ -14,6 +14,9 @@ layer's output, then forms every sample's weight gradient from the layer's input
 output gradient (``bmm``; convolutions via ``unfold``). Layers that path does not cover (grouped or
 3-D convolutions, non-zero padding modes) use ``torch.func.vmap`` over ``grad`` instead. With
 ``create_graph`` both stay differentiable in ``x``, which the adaptive search needs.
+
+TorchScript models run neither Python hooks nor ``torch.func``: for them the score takes one
+backward pass per sample (the reference method's loop; correct, and differentiable, but slow).
 """
 from __future__ import annotations
 
@@ -24,11 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
-from ..model.adapter import AutoencoderAdapter
+from ..model.adapter import AutoencoderAdapter, resolve_path
 from .base import Scorer
 
 REFERENCE_KEY = "gradcon_reference"
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+WEIGHT_LAYER_NAMES = {cls.__name__ for cls in WEIGHT_LAYERS}  # TorchScript keeps them as ``original_name``
 COS_EPS = 1e-12
 
 
@@ -37,10 +41,11 @@ def decoder_weight_layers(adapter: AutoencoderAdapter) -> tuple[list[str], str]:
     """Names (as in ``named_modules``) of the weight layers GradCon uses, in call order, and a note.
 
     With an encoder/decoder split: the layers the decoder calls. Without one: the later half of
-    the layers the forward pass calls (GradCon's decoder, guessed by position)."""
+    the layers the forward pass calls (GradCon's decoder, guessed by position). TorchScript
+    models, which run no hooks, give the layers in module order."""
     module = adapter.module
     if isinstance(module, torch.jit.ScriptModule):
-        raise ValueError("TorchScript models do not run Python hooks; save a state_dict or pickled module for GradCon")
+        return _script_weight_layers(adapter)
     names = {m: n for n, m in module.named_modules() if isinstance(m, WEIGHT_LAYERS) and m.weight is not None}
     if not names:
         raise ValueError("the model has no Linear/Conv/ConvTranspose layer modules to take weight gradients of")
@@ -67,6 +72,28 @@ def decoder_weight_layers(adapter: AutoencoderAdapter) -> tuple[list[str], str]:
     later = called[len(called) // 2 :]
     return later, (f"no encoder/decoder split: used the later half of the weight layers as the decoder "
                    f"({', '.join(later)})")
+
+
+def _script_weight_layers(adapter: AutoencoderAdapter) -> tuple[list[str], str]:
+    module = adapter.module
+    layers = [n for n, m in module.named_modules() if getattr(m, "original_name", "") in WEIGHT_LAYER_NAMES]
+    if adapter.has_latent:
+        prefix = (adapter._decoder_path or "").split("[")[0] + "."
+        names = [n for n in layers if n.startswith(prefix)]
+        if not names:
+            raise ValueError(f"the TorchScript decoder {adapter._decoder_path!r} is a method, not a submodule with "
+                             "Linear/Conv/ConvTranspose layers; name a decoder submodule with --decoder")
+        return names, f"decoder weight layers (TorchScript, module order): {', '.join(names)}"
+    if not layers:
+        raise ValueError("the model has no Linear/Conv/ConvTranspose layer modules to take weight gradients of")
+    later = layers[len(layers) // 2 :]
+    return later, (f"no encoder/decoder split: used the later half of the weight layers as the decoder "
+                   f"({', '.join(later)}, TorchScript, module order)")
+
+
+def layer(module: nn.Module, name: str) -> nn.Module:
+    """``module.get_submodule(name)``, which TorchScript modules do not offer."""
+    return resolve_path(module, name) if name else module
 
 
 # --------------------------------------------------------------------------- per-sample gradients
@@ -178,7 +205,7 @@ def per_sample_grads_func(adapter: AutoencoderAdapter, names: list[str],
     """The same as :func:`per_sample_grads_hooks` with ``torch.func.vmap(grad(...))``; covers any
     layer type ``functional_call`` handles, and stays differentiable in ``x`` when ``x`` requires grad."""
     wrapper = _LossOf(adapter)
-    weights = {f"net.{n}.weight": adapter.module.get_submodule(n).weight.detach() for n in names}
+    weights = {f"net.{n}.weight": layer(adapter.module, n).weight.detach() for n in names}
 
     def one(w, xi):
         loss = torch.func.functional_call(wrapper, w, (xi.unsqueeze(0),))[0]
@@ -188,9 +215,11 @@ def per_sample_grads_func(adapter: AutoencoderAdapter, names: list[str],
     return loss, [grads[f"net.{n}.weight"].reshape(x.shape[0], -1) for n in names]
 
 
-def per_sample_grads_loop(adapter: AutoencoderAdapter, names: list[str], x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The reference method's evaluation: one backward pass per sample (for checks and benchmarks)."""
-    weights = [adapter.module.get_submodule(n).weight for n in names]
+def per_sample_grads_loop(adapter: AutoencoderAdapter, names: list[str], x: torch.Tensor,
+                          create_graph: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The reference method's evaluation: one backward pass per sample. The path for TorchScript
+    models, and the yardstick of checks and benchmarks; ``create_graph`` keeps it differentiable in ``x``."""
+    weights = [layer(adapter.module, n).weight for n in names]
     flags = [w.requires_grad for w in weights]
     losses, grads = [], [[] for _ in names]
     try:
@@ -199,9 +228,9 @@ def per_sample_grads_loop(adapter: AutoencoderAdapter, names: list[str], x: torc
         for i in range(x.shape[0]):
             with torch.enable_grad():
                 loss = adapter.loss(x[i : i + 1])[0]
-                for j, gw in enumerate(torch.autograd.grad(loss, weights)):
+                for j, gw in enumerate(torch.autograd.grad(loss, weights, create_graph=create_graph)):
                     grads[j].append(gw.reshape(-1))
-            losses.append(loss.detach())
+            losses.append(loss if create_graph else loss.detach())
     finally:
         for w, f in zip(weights, flags):
             w.requires_grad_(f)
@@ -226,7 +255,8 @@ class GradConScorer(Scorer):
     Args:
         beta: weight of the gradient-alignment term (the paper's test-time β = 0.12).
         method: per-sample gradient path: ``"auto"`` (activation/output-gradient products where
-            every layer allows it, else ``torch.func``), ``"hooks"`` or ``"func"``.
+            every layer allows it, else ``torch.func``; for TorchScript one backward per sample),
+            ``"hooks"``, ``"func"`` or ``"loop"``.
         batch_size: inputs whose per-sample gradients are formed together (memory grows with it:
             ``batch_size × decoder weights`` values; beyond ~128 the GradCon CAE gets no faster on a CPU).
     """
@@ -248,15 +278,22 @@ class GradConScorer(Scorer):
         return None
 
     def _fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor) -> None:
-        if self.method not in ("auto", "hooks", "func"):
-            raise InputError(f"gradcon method {self.method!r}: choose auto, hooks or func")
+        if self.method not in ("auto", "hooks", "func", "loop"):
+            raise InputError(f"gradcon method {self.method!r}: choose auto, hooks, func or loop")
         names, note = decoder_weight_layers(adapter)
         self.layer_names_ = names
-        layers = [adapter.module.get_submodule(n) for n in names]
+        scripted = isinstance(adapter.module, torch.jit.ScriptModule)
+        if scripted and self.method in ("hooks", "func"):
+            raise InputError(f"gradcon method {self.method!r} cannot run on a TorchScript model; use method auto or loop")
+        layers = self._layers()
         if self.method == "hooks" and not all(map(_hookable, layers)):
             raise InputError("gradcon method 'hooks' does not cover this model's decoder layers; use method auto or func")
-        self.method_ = "hooks" if self.method == "auto" and all(map(_hookable, layers)) else (
-            "func" if self.method == "auto" else self.method)
+        if self.method != "auto":
+            self.method_ = self.method
+        else:
+            self.method_ = "loop" if scripted else ("hooks" if all(map(_hookable, layers)) else "func")
+        if scripted:
+            note += "; one backward pass per sample (TorchScript): slow, save a state_dict for the batched path"
         stored = adapter.checkpoint_extras.get(REFERENCE_KEY)
         if stored is not None:
             self.reference_ = _stored_reference(stored, adapter, names)
@@ -268,7 +305,7 @@ class GradConScorer(Scorer):
             self.note_ = f"post-hoc: reference = mean per-sample gradient over normal data; {note}"
 
     def _layers(self) -> list[nn.Module]:
-        return [self.adapter_.module.get_submodule(n) for n in self.layer_names_]
+        return [layer(self.adapter_.module, n) for n in self.layer_names_]
 
     def _posthoc_reference(self, reference: torch.Tensor) -> list[torch.Tensor]:
         """Mean per-sample gradient over ``reference``: per batch, ``Σ_n P_n Q_nᵀ`` is one matrix product."""
@@ -280,6 +317,8 @@ class GradConScorer(Scorer):
                     _, factors = per_sample_factors(self.adapter_, self._layers(), xb)
                     sums = [(p.detach().transpose(0, 1).flatten(1) @ q.detach().transpose(0, 1).flatten(1).T).reshape(-1)
                             for p, q in factors]
+                elif self.method_ == "loop":
+                    sums = [g.sum(dim=0) for g in per_sample_grads_loop(self.adapter_, self.layer_names_, xb)[1]]
                 else:
                     sums = [g.detach().sum(dim=0) for g in per_sample_grads_func(self.adapter_, self.layer_names_, xb)[1]]
             total = sums if total is None else [t + s for t, s in zip(total, sums)]
@@ -290,7 +329,10 @@ class GradConScorer(Scorer):
             loss, factors = per_sample_factors(self.adapter_, self._layers(), x, create_graph)
             dots_norms = [factor_dot_and_norm(p, q, r) for (p, q), r in zip(factors, self.reference_)]
             return _combine(loss, dots_norms, self.reference_, self.beta)
-        loss, grads = per_sample_grads_func(self.adapter_, self.layer_names_, x)
+        if self.method_ == "loop":
+            loss, grads = per_sample_grads_loop(self.adapter_, self.layer_names_, x, create_graph)
+        else:
+            loss, grads = per_sample_grads_func(self.adapter_, self.layer_names_, x)
         return gradcon_score(loss, grads, self.reference_, self.beta)
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -309,7 +351,7 @@ def _stored_reference(stored: dict, adapter: AutoencoderAdapter, names: list[str
     refs = []
     for n in names:
         key = f"{n}.weight"
-        weight = adapter.module.get_submodule(n).weight
+        weight = layer(adapter.module, n).weight
         if key not in stored:
             raise InputError(f"checkpoint key {REFERENCE_KEY!r} has no entry {key!r} (has {', '.join(map(str, stored))}); "
                              "save one reference gradient per decoder weight")
