@@ -30,6 +30,7 @@ from .model.loading import file_sha256, load_model
 from .model.shapes import conv_input_shape, finalize_shapes
 from .probes import Objective, ProbeContext, ProbeResult, make_probe
 from .progress import Reporter
+from .scorers.compare import compare_scorers, scorer_budget_share
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1.0"
@@ -239,9 +240,7 @@ def scan(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path | 
     start = time.perf_counter()
     state = prepare(model, data, config, reporter)
     budget = Budget(config.budget)
-    with _timed(state.timings, "probes"):
-        from .scorers.compare import scorer_budget_share  # time kept for the scorer comparison; unused probe time carries over
-
+    with _timed(state.timings, "probes"):  # the scorer comparison's share is kept back; unused probe time carries over
         probe_budget = budget.share(1.0 - scorer_budget_share(config.scorers))
         results, raw_findings, interrupted = run_probes(state, config.probes, state.recon_objective(), probe_budget)
     findings, counts = merge_and_rank(raw_findings, state.baseline.scale, config.top_k)
@@ -251,8 +250,6 @@ def scan(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path | 
     artifacts = {r.probe: r.artifacts for r in results if r.artifacts}
     scorers: dict[str, Any] = {}
     if config.scorers and not interrupted:
-        from .scorers.compare import compare_scorers
-
         with _timed(state.timings, "scorers"):
             try:
                 scorers = compare_scorers(state, findings, budget)

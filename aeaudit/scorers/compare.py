@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from ..errors import InputError
 from ..findings import Finding, merge_and_rank
+from ..probes import PROBES, Objective
 from . import make_scorer
 from .base import Scorer
 
@@ -39,8 +40,6 @@ def adaptive_probe_names(settings: dict[str, Any]) -> tuple[str, ...]:
     """The searches run against each scorer: ``scorer_settings["adaptive_probes"]`` (a list, or
     names joined by ``+``) if given, else
     the PGD searches that are installed, else random search."""
-    from ..probes import PROBES
-
     wanted = settings.get("adaptive_probes")
     if isinstance(wanted, str):  # from --scorer-settings adaptive_probes=pgd-input+random
         wanted = [n for n in wanted.split("+") if n]
@@ -117,8 +116,7 @@ def _evaluate(state, name: str, scan_findings: list[Finding], adversarial: torch
               anomalies: torch.Tensor | None, probes: tuple[str, ...],
               budget) -> tuple[dict[str, Any], dict | None, list[Finding], list[dict], bool]:
     """One scorer: ``(table row, roc curve, new adaptive findings, probe summaries, interrupted)``."""
-    from ..audit import run_probes
-    from ..probes import Objective
+    from ..audit import run_probes  # audit calls this module: import at call time
 
     scorer = make_scorer(name, state.config.scorer_settings)
     reason = scorer.skip_reason(state.adapter)
