@@ -49,9 +49,6 @@ class Baseline:
     neighbours: NearestNeighbours = field(repr=False)
     reference_indices: np.ndarray = field(repr=False, default=None)
 
-    def far_enough(self, distances: torch.Tensor) -> torch.Tensor:
-        return distances >= self.min_distance
-
     def severity(self, loss: float, distance: float, tau_min: float | None = None, tau_op: float | None = None) -> str | None:
         """``critical`` (loss ≤ τ_min and far), ``high`` (loss ≤ τ_op and far) or ``None``."""
         tau_min = self.tau_min if tau_min is None else tau_min

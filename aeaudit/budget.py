@@ -9,18 +9,15 @@ class Budget:
 
     def __init__(self, seconds: float | None, clock=time.monotonic):
         self.clock = clock
-        self.start = clock()
+        start = clock()
         self.seconds = seconds
-        self.deadline = None if seconds is None else self.start + max(0.0, seconds)
+        self.deadline = None if seconds is None else start + max(0.0, seconds)
 
     def remaining(self) -> float:
         return float("inf") if self.deadline is None else max(0.0, self.deadline - self.clock())
 
     def expired(self) -> bool:
         return self.deadline is not None and self.clock() >= self.deadline
-
-    def elapsed(self) -> float:
-        return self.clock() - self.start
 
     def share(self, fraction: float) -> "Budget":
         if self.deadline is None:

@@ -99,11 +99,6 @@ class Shortlist:
     sq: torch.Tensor
 
 
-def nearest_distances(queries: torch.Tensor, reference: torch.Tensor, chunk_elements: int = 1 << 24) -> tuple[torch.Tensor, torch.Tensor]:
-    """Convenience wrapper: exact 1-NN distances from ``queries`` to ``reference``."""
-    return NearestNeighbours(reference, chunk_elements).query(queries)
-
-
 @dataclass(frozen=True)
 class Domain:
     """The declared input domain: a box ``[low, high]`` (scalars) or unbounded."""
