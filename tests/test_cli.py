@@ -248,3 +248,23 @@ def test_parse_settings_types_and_nesting():
     assert parse_settings("", "--s") == {}
     probe = make_probe("random", {"samples": 3, "steps": 9, "random": {"batch_size": 7}, "pgd-input": {"samples": 5}})
     assert (probe.samples, probe.batch_size) == (3, 7)  # flat keys it takes, its own win, others' ignored
+
+
+def test_ctrl_c_keeps_what_was_found_and_marks_the_scan_incomplete(cases, monkeypatch):
+    """Ctrl-C during the second probe: the first probe's verified findings are reported, the scan
+    says incomplete, and the CLI still writes report.json and gates on what was found."""
+    from aeaudit.probes.random_search import RandomSearch
+
+    def interrupted(self, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(RandomSearch, "_run", interrupted)
+    model, data = cases["proj"]
+    result = invoke("scan", model, "--arch", PROJECTION_ARCH, "--data", data, "--probes", "affine,random",
+                    "--scorers", "", "--device", "cpu", "--quiet", "-o", "out")
+    assert result.exit_code == 1, result.output
+    report = read_json(cases["dir"] / "out" / "report.json")
+    assert report["status"] == "incomplete"
+    assert [(p["probe"], p["status"]) for p in report["probes"]] == [("affine", "complete"), ("random", "incomplete")]
+    assert "interrupted" in report["probes"][1]["reason"]
+    assert report["findings"] and all(f["probe"] == "affine" and f["verified"] for f in report["findings"])
