@@ -327,3 +327,21 @@ def test_screenshot_in_headless_chromium(scanned, tmp_path):
     red = (abs(image[:400, :, 0] - 0xB3) < 12) & (abs(image[:400, :, 1] - 0x26) < 12) & (abs(image[:400, :, 2] - 0x1E) < 12)
     assert red.sum() > 20_000
     assert image.std() > 20  # not a blank page
+
+
+def test_terminal_summary_verdict_first_and_scorer_table_with_the_users_anomalies(scanned):
+    import io
+
+    from rich.console import Console
+
+    from aeaudit.report.terminal import render_summary
+
+    report, buffer = scanned["report"], io.StringIO()
+    render_summary(report, Console(file=buffer, width=120, highlight=False))
+    text = buffer.getvalue()
+    assert text.splitlines()[0] == report["verdict"]
+    row = report["scorers"]["table"][0]
+    assert row["anomalies_auroc"] is not None and "anomalies" in text  # the column is shown (its header may wrap)
+    assert f"{row['anomalies_auroc']:.3f}" in text  # three decimals: 0.9999 must not read as 1
+    for f in report["findings"][:10]:
+        assert f["probe"] in text

@@ -16,6 +16,10 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _auroc(v: Any) -> str:
+    return "—" if v is None else f"{v:.3f}"  # 0.9999 must not print as 1
+
+
 def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10) -> None:
     gate = report["gate"]
     style = "bold red" if gate["failed"] else ("bold yellow" if report["errors"] else "bold green")
@@ -56,12 +60,15 @@ def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10)
     rows = report.get("scorers", {}).get("table") or []
     if rows:
         table = Table(title="scorer comparison")
-        cols = ["scorer", "transferred detection", "AUROC", "adaptive findings", "best d/s", "best score/τ", "verdict"]
+        with_anomalies = any(r.get("anomalies_auroc") is not None for r in rows)
+        cols = ["scorer", "transferred detection", "AUROC findings", *(["AUROC anomalies"] if with_anomalies else []),
+                "adaptive findings", "best d/s", "best score/τ", "verdict"]
         for col in cols:
             table.add_column(col)
         for r in rows:
             rate = r.get("transferred_detection_rate")
-            table.add_row(r["scorer"], "—" if rate is None else f"{100 * rate:.0f} %", _fmt(r.get("auroc")),
+            table.add_row(r["scorer"], "—" if rate is None else f"{100 * rate:.0f} %", _auroc(r.get("auroc")),
+                          *([_auroc(r.get("anomalies_auroc"))] if with_anomalies else []),
                           _fmt(r.get("adaptive_findings")), _fmt(r.get("adaptive_best_distance_ratio")),
                           _fmt(r.get("adaptive_best_loss_ratio")), r.get("verdict", ""))
         console.print(table)
