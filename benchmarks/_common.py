@@ -38,6 +38,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def setup(args: argparse.Namespace) -> None:
+    """Threads, logging, and torch's global seed: its default seed differs between processes, so a
+    model built before any explicit seeding would start from different weights on every run."""
+    torch.manual_seed(getattr(args, "seed", 0))
     torch.set_num_threads(max(1, args.threads))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -73,14 +76,19 @@ def mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     return (x.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32), y.astype(np.int64)
 
 
-def arrhythmia(data_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    path = data_dir / "odds" / "arrhythmia.mat"
+def odds(data_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """An ODDS table ``(X, y)`` from ``<data_dir>/odds/<name>.mat`` (y = 1: anomaly), or None when absent."""
+    path = data_dir / "odds" / f"{name}.mat"
     if not path.is_file():
         return None
     from scipy.io import loadmat
 
     mat = loadmat(path)
     return mat["X"].astype(np.float64), mat["y"].ravel().astype(np.int64)
+
+
+def arrhythmia(data_dir: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    return odds(data_dir, "arrhythmia")
 
 
 def take(x: np.ndarray, y: np.ndarray, classes, limit: int | None = None, seed: int = 0) -> np.ndarray:

@@ -75,6 +75,7 @@ def planted_model(args, seed: int = 0) -> tuple[torch.nn.Module, np.ndarray]:
     blobs = [c + s * g.normal(size=(n, 8)) for c, s, n in zip(centres, (0.5, 0.5, 0.3), (300, 300, 100))]
     lat = np.concatenate(blobs)
     x = (lat @ basis.T + 0.05 * g.normal(size=(len(lat), 16))).astype(np.float32)
+    torch.manual_seed(seed)
     model = MLPAutoencoder([16, 32, 8, 32, 16], activation="tanh")
     C.train_plain(model, x, steps=100 if args.smoke else 1500, lr=3e-3, full_batch=True, seed=seed)
     return model, x[:600]

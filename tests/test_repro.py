@@ -74,3 +74,15 @@ def test_arrhythmia_stand_in_and_clean_skip(script):
     module = importlib.import_module("repro_toll_arrhythmia")
     skipped = module.main(["--data-dir", "/nonexistent/shared/data"])
     assert skipped["status"] == "skipped" and "arrhythmia.mat" in skipped["reason"]
+
+
+def test_audit_odds_stand_in_and_clean_skip(script):
+    r = script("audit_odds")
+    assert r["status"] == "complete" and r["data"].startswith("generated stand-in")
+    run = r["runs"][0]
+    assert set(run["scorers"]) == {"recon", "gradcon", "toll", "energy"}
+    assert 0 <= run["critical"] and 0 <= run["high"]
+    assert all(v["anomalies_auroc"] is None or 0 <= v["anomalies_auroc"] <= 1 for v in run["scorers"].values())
+    module = importlib.import_module("audit_odds")
+    skipped = module.main(["--data-dir", "/nonexistent/shared/data"])
+    assert skipped["status"] == "skipped" and "shuttle.mat" in skipped["reason"]
