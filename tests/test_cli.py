@@ -268,3 +268,10 @@ def test_ctrl_c_keeps_what_was_found_and_marks_the_scan_incomplete(cases, monkey
     assert [(p["probe"], p["status"]) for p in report["probes"]] == [("affine", "complete"), ("random", "incomplete")]
     assert "interrupted" in report["probes"][1]["reason"]
     assert report["findings"] and all(f["probe"] == "affine" and f["verified"] for f in report["findings"])
+
+
+def test_importing_the_cli_does_not_load_torch():
+    """`aeaudit --help` and `--version` answer at once: torch loads only when a command runs."""
+    code = "import sys, aeaudit, aeaudit.cli; print(aeaudit.__version__, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.split() == [aeaudit.__version__, "False"], out.stderr
