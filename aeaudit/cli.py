@@ -34,6 +34,7 @@ Decoder = Annotated[Optional[str], typer.Option(help="Attribute or method of the
 InputShape = Annotated[Optional[str], typer.Option(help="Per-sample input shape, e.g. 1,28,28.")]
 DataKey = Annotated[Optional[str], typer.Option(help="Array name inside .npz / dict .pt data.")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+Seed = Annotated[int, typer.Option(help="Seed for every random choice.")]
 Bounds = Annotated[str, typer.Option(help="Input domain: auto | none | LO,HI.")]
 Probes = Annotated[Optional[str], typer.Option(help="Comma-separated probes (default: all applicable).")]
 ProbeSettings = Annotated[str, typer.Option(help="Probe settings KEY=VALUE, comma-separated; NAME.KEY for one probe, "
@@ -149,7 +150,7 @@ def scan(
     data_key: DataKey = None,
     anomalies: Optional[Path] = typer.Option(None, help="Known anomalies (evaluation only)."),
     device: Device = "auto",
-    seed: int = typer.Option(0, help="Seed for every random choice."),
+    seed: Seed = 0,
     budget: float = typer.Option(60.0, help="Time budget in seconds for the searches."),
     fpr: float = typer.Option(0.01, help="False-positive rate that sets τ_op on held-out normal data."),
     threshold: Optional[float] = typer.Option(None, help="Operating threshold τ_op (overrides --fpr)."),
@@ -274,7 +275,7 @@ def compare(
     data_key: DataKey = None,
     anomalies: Optional[Path] = typer.Option(None, help="Known anomalies (evaluation only): AUROC of each score, both models."),
     device: Device = "auto",
-    seed: int = typer.Option(0, help="Seed for every random choice."),
+    seed: Seed = 0,
     fpr: float = typer.Option(0.01, help="False-positive rate that sets each model's τ_op on held-out normal data."),
     bounds: Bounds = "auto",
     probes: Probes = None,
