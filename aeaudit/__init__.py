@@ -3,8 +3,8 @@
 Public API::
 
     import aeaudit
-    result = aeaudit.scan("model.pt", "normal.npy", arch="mlp:2,5,1,5,2", seed=0)
-    print(result.verdict, result.exit_code())
+    result = aeaudit.scan("model.pt", "normal.npy", arch="mlp:2,5,1,5,2", seed=0, effort="quick")
+    print(result.outcome, result.verdict, result.exit_code())
 
 The names below are imported on first use, so ``aeaudit --help`` and ``--version`` do not wait
 for torch to load.
@@ -20,6 +20,7 @@ _PUBLIC = {
     "AuditResult": ".audit", "scan": ".audit", "ScanConfig": ".config", "load_data": ".data",
     "AeauditError": ".errors", "InputError": ".errors", "UntrustedCheckpointError": ".errors",
     "Finding": ".findings", "AutoencoderAdapter": ".model", "LoadOptions": ".model", "load_model": ".model",
+    "Outcome": ".verdict", "harden": ".harden", "HardenSettings": ".harden", "compare": ".compare",
 }
 __all__ = sorted([*_PUBLIC, "__version__"])
 

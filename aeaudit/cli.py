@@ -1,11 +1,13 @@
 """Command line: parse → settings → library call → render → exit code.
 
-Exit codes (the contract with CI): 0 pass, 1 findings at or above ``--fail-on``,
-2 usage or input error, 3 internal error.
+Exit codes (the contract with CI, :mod:`aeaudit.verdict`): 0 pass, 1 findings at or above
+``--fail-on``, 2 usage or input error, 3 internal error, 4 inconclusive.
 """
+
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -14,13 +16,13 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from .errors import AeauditError
+from .errors import AeauditError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Audit trained autoencoder anomaly detectors for blind spots.")
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-EXIT_PASS, EXIT_FINDINGS, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_PASS, EXIT_INPUT, EXIT_INTERNAL = 0, 2, 3  # the verdict's codes live in aeaudit.verdict
 
 
 # Options shared by scan, harden and compare: one definition each, so their help and defaults agree.
@@ -33,14 +35,24 @@ Encoder = Annotated[Optional[str], typer.Option(help="Attribute or method of the
 Decoder = Annotated[Optional[str], typer.Option(help="Attribute or method of the decoder.")]
 InputShape = Annotated[Optional[str], typer.Option(help="Per-sample input shape, e.g. 1,28,28.")]
 DataKey = Annotated[Optional[str], typer.Option(help="Array name inside .npz / dict .pt data.")]
+Anomalies = Annotated[Optional[Path], typer.Option(help="Known anomalies (evaluation only: AUROC of each score).")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Seed = Annotated[int, typer.Option(help="Seed for every random choice.")]
+Effort = Annotated[str, typer.Option(help="How much search: quick | standard | thorough (work, not time: the same "
+                                          "on any machine).")]
+TimeLimit = Annotated[Optional[float], typer.Option(help="Safety cap in seconds on the checks, searches and scorer "
+                                                         "comparison; a scan it cuts short is INCONCLUSIVE (exit 4).")]
+Fpr = Annotated[float, typer.Option(help="False-positive rate that sets τ_op on held-out normal data.")]
 Bounds = Annotated[str, typer.Option(help="Input domain: auto | none | LO,HI.")]
 Probes = Annotated[Optional[str], typer.Option(help="Comma-separated probes (default: all applicable).")]
+Scorers = Annotated[Optional[str], typer.Option(help="Comma-separated scorers compared and attacked (default: all; "
+                                                     "'recon' for the fast gate).")]
 ProbeSettings = Annotated[str, typer.Option(help="Probe settings KEY=VALUE, comma-separated; NAME.KEY for one probe, "
                                                  "e.g. steps=400,pgd-input.starts=128 (docs/searches.md).")]
 ScorerSettings = Annotated[str, typer.Option(help="Scorer settings KEY=VALUE, comma-separated; NAME.KEY for one "
                                                   "scorer, e.g. toll.beta=10,gradcon.beta=0.2 (docs/scorers.md).")]
+FailOn = Annotated[str, typer.Option(help="Gate: critical | high | warning | never.")]
+Inconclusive = Annotated[str, typer.Option(help="Exit code of an inconclusive scan: inconclusive (4) | pass (0) | fail (1).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
 
@@ -62,15 +74,31 @@ def _split(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
-def _selection(probes: Optional[str], scorers: Optional[str], probe_settings: str, scorer_settings: str) -> dict[str, Any]:
-    """The probes and scorers named on the command line (those not named keep ScanConfig's
-    defaults) and their settings."""
+def scan_config(params: dict[str, Any]):
+    """The :class:`~aeaudit.config.ScanConfig` of a command's parameters: every parameter named like
+    a scan setting or a loading option is taken, converted from its command-line form."""
+    from .config import ScanConfig
+    from .data import parse_shape
+    from .model.loading import LoadOptions
     from .settings import parse_settings
 
-    chosen = {"probes": probes, "scorers": scorers}
-    return {**{key: _split(text) for key, text in chosen.items() if text is not None},
-            "probe_settings": parse_settings(probe_settings, "--probe-settings"),
-            "scorer_settings": parse_settings(scorer_settings, "--scorer-settings")}
+    load = {k: params[k] for k in LoadOptions.field_names() if k in params}
+    load["input_shape"] = parse_shape(load.get("input_shape"))
+    values = {k: params[k] for k in ScanConfig.__dataclass_fields__ if k in params and k != "load"}
+    values.update({
+        "load": LoadOptions(**load),
+        "anomalies": str(params["anomalies"]) if params.get("anomalies") else None,
+        "probe_settings": parse_settings(params.get("probe_settings", ""), "--probe-settings"),
+        "scorer_settings": parse_settings(params.get("scorer_settings", ""), "--scorer-settings"),
+        "command_line": shlex.join(["aeaudit", *sys.argv[1:]]),
+        "config_file": str(params["config_file"]) if params.get("config_file") else "",
+    })
+    for key in ("probes", "scorers"):  # not named: the defaults
+        if params.get(key) is not None:
+            values[key] = _split(params[key])
+        else:
+            values.pop(key, None)
+    return ScanConfig(**values)
 
 
 def _console() -> Console:
@@ -89,9 +117,13 @@ def fail(message: str, code: int = EXIT_INPUT) -> None:
 
 
 def run_guarded(fn, debug: bool = False):
-    """Call ``fn``; turn aeaudit errors into one line and an exit code, anything else into exit 3."""
+    """Call ``fn`` with SIGINT/SIGTERM armed (the first asks the work to stop and keep its findings, a
+    second aborts); turn aeaudit errors into one line and an exit code, anything else into exit 3."""
+    from .effort import INTERRUPTS
+
     try:
-        return fn()
+        with INTERRUPTS.armed():
+            return fn()
     except typer.Exit:
         raise
     except AeauditError as exc:
@@ -102,6 +134,31 @@ def run_guarded(fn, debug: bool = False):
         if debug:
             raise
         fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", EXIT_INTERNAL)
+
+
+def check_outputs(folder: Path | None = None, files: tuple[Path | None, ...] = ()) -> None:
+    """Every output place must be writable before any work starts: ``folder`` a directory (or
+    creatable as one), each file not a directory and in a writable (or creatable) folder."""
+
+    def writable_dir(path: Path, what: str) -> None:
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise InputError(f"{what} {path}: {probe} is a file, not a folder; choose another path")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise InputError(f"{what} {path}: {probe} is not writable; choose a folder you can write to")
+
+    if folder is not None:
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"--out {folder}: is a file; give a folder for the reports")
+        writable_dir(folder, "--out")
+    for path in files:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; give a file name for the report")
+        writable_dir(path.parent, "report file")
 
 
 def _config_callback(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
@@ -148,47 +205,41 @@ def scan(
     decoder: Decoder = None,
     input_shape: InputShape = None,
     data_key: DataKey = None,
-    anomalies: Optional[Path] = typer.Option(None, help="Known anomalies (evaluation only)."),
+    anomalies: Anomalies = None,
     device: Device = "auto",
     seed: Seed = 0,
-    budget: float = typer.Option(60.0, help="Time budget in seconds for the searches."),
-    fpr: float = typer.Option(0.01, help="False-positive rate that sets τ_op on held-out normal data."),
+    effort: Effort = "standard",
+    time_limit: TimeLimit = 600.0,
+    fpr: Fpr = 0.01,
     threshold: Optional[float] = typer.Option(None, help="Operating threshold τ_op (overrides --fpr)."),
     min_distance: Optional[float] = typer.Option(None, help="Distance δ that counts as far (default 2·s)."),
     bounds: Bounds = "auto",
     probes: Probes = None,
-    scorers: Optional[str] = typer.Option(None, help="Comma-separated scorers to compare."),
+    scorers: Scorers = None,
     probe_settings: ProbeSettings = "",
     scorer_settings: ScorerSettings = "",
     latent_extent: float = typer.Option(3.0, help="Latent box = normal latents' range widened this many times."),
     top_k: int = typer.Option(64, help="Findings kept with their arrays."),
-    fail_on: str = typer.Option("high", help="Gate: critical | high | never."),
+    fail_on: FailOn = "high",
+    inconclusive: Inconclusive = "inconclusive",
     quiet: Quiet = False,
     debug: Debug = False,
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML (one test case per check) here."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML here."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write a short Markdown summary (PR comment) here."),
     config_file: Optional[Path] = config_option(),
 ) -> None:
     """Scan MODEL for blind spots against normal data; write report.json and report.html and exit with the gate's code."""
-    from .audit import scan as run_scan
-    from .config import ScanConfig
-    from .data import parse_shape
-    from .progress import Reporter
-    from .report import write_json
-    from .report.terminal import render_summary
-
+    params = dict(locals())
     _setup_logging(debug)
 
     def work() -> int:
-        config = ScanConfig(
-            arch=arch, activation=activation, output_activation=output_activation, trust_checkpoint=trust_checkpoint,
-            encoder=encoder, decoder=decoder, input_shape=parse_shape(input_shape), device=device,
-            data_key=data_key, anomalies=str(anomalies) if anomalies else None, seed=seed, fpr=fpr,
-            threshold=threshold, min_distance=min_distance, bounds=bounds, budget=budget, latent_extent=latent_extent,
-            top_k=top_k, fail_on=fail_on, quiet=quiet, command_line=shlex.join(["aeaudit", *sys.argv[1:]]),
-            config_file=str(config_file) if config_file else "",
-            **_selection(probes, scorers, probe_settings, scorer_settings),
-        )
+        from .audit import scan as run_scan
+        from .progress import Reporter
+        from .report import write_json
+        from .report.terminal import render_summary
+
+        config = scan_config(params)
+        check_outputs(out, (junit, markdown))
         result = run_scan(model, data, config, reporter=Reporter(enabled=False if quiet else None))
         report = result.to_dict()
         write_json(report, out / "report.json")
@@ -229,26 +280,28 @@ def harden(
     debug: Debug = False,
 ) -> None:
     """Retrain MODEL with Toll's or GradCon's loss on normal data; write a checkpoint `aeaudit scan` loads."""
-    from .data import parse_shape
-    from .harden import harden as run_harden
-    from .model.loading import LoadOptions
-    from .progress import Reporter
-
+    params = dict(locals())
     _setup_logging(debug)
 
     def work() -> int:
-        options = LoadOptions(arch=arch, activation=activation, output_activation=output_activation,
-                              trust_checkpoint=trust_checkpoint, encoder=encoder, decoder=decoder,
-                              input_shape=parse_shape(input_shape), device=device)
-        result = run_harden(model, data, method, options=options, from_scratch=from_scratch, steps=steps, epochs=epochs,
-                            lr=lr, beta=beta, alpha=alpha, batch_size=batch_size, seed=seed, data_key=data_key,
-                            reporter=Reporter(enabled=False if quiet else None))
+        from .data import parse_shape
+        from .harden import HardenSettings
+        from .harden import harden as run_harden
+        from .model.loading import LoadOptions
+        from .progress import Reporter
+
+        load = {k: params[k] for k in LoadOptions.field_names()}
+        load["input_shape"] = parse_shape(load["input_shape"])
+        settings = HardenSettings(load=LoadOptions(**load), **{k: params[k] for k in HardenSettings.__dataclass_fields__
+                                                               if k in params and k != "load"})
+        check_outputs(files=(out,))
+        result = run_harden(model, data, settings, reporter=Reporter(enabled=False if quiet else None))
         path = result.save(out)
         if not quiet:
             console = _console()
-            knob = f"β {beta:g}" if method == "toll" else f"α {alpha:g}"
+            knob = ", ".join(f"{k} {v:g}" for k, v in settings.method_parameters().items())
             console.print(f"hardened with {method} ({knob}, {'from scratch' if from_scratch else 'fine-tuned'}, "
-                          f"{result.settings['steps']} steps): held-out objective {result.heldout_before:.4g} → "
+                          f"{result.settings.steps} steps): selection objective {result.heldout_before:.4g} → "
                           f"{result.heldout_after:.4g} (selected step {result.best_step})")
             hint = f" --arch {arch}" if result.output_format == "state_dict" and arch else ""
             hint += " --trust-checkpoint" if result.output_format == "pickle" else ""
@@ -264,8 +317,7 @@ def compare(
     hardened: Annotated[Path, typer.Argument(help="The hardened checkpoint (from aeaudit harden).")],
     data: Data,
     out: Path = typer.Option(Path("aeaudit-compare"), "--out", "-o", help="Folder for compare.json and both reports."),
-    budget: float = typer.Option(60.0, help="Time budget in seconds for each model's searches."),
-    arch: Optional[str] = typer.Option(None, help="Architecture for state_dicts (both models): mlp:... | file.py:factory | pkg.mod:factory."),
+    arch: Arch = None,
     activation: Activation = "relu",
     output_activation: OutputActivation = "identity",
     trust_checkpoint: TrustCheckpoint = False,
@@ -273,38 +325,36 @@ def compare(
     decoder: Decoder = None,
     input_shape: InputShape = None,
     data_key: DataKey = None,
-    anomalies: Optional[Path] = typer.Option(None, help="Known anomalies (evaluation only): AUROC of each score, both models."),
+    anomalies: Anomalies = None,
     device: Device = "auto",
     seed: Seed = 0,
-    fpr: float = typer.Option(0.01, help="False-positive rate that sets each model's τ_op on held-out normal data."),
+    effort: Effort = "standard",
+    time_limit: TimeLimit = 600.0,
+    fpr: Fpr = 0.01,
     bounds: Bounds = "auto",
     probes: Probes = None,
-    scorers: Optional[str] = typer.Option(None, help="Comma-separated scorers (the hardened model's own score is added)."),
+    scorers: Scorers = None,
     probe_settings: ProbeSettings = "",
     scorer_settings: ScorerSettings = "",
-    fail_on: str = typer.Option("high", help="Gate on the hardened model: critical | high | never."),
+    fail_on: FailOn = "high",
+    inconclusive: Inconclusive = "inconclusive",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
     """Audit MODEL and HARDENED side by side; exit 1 when the hardened model still fails the gate."""
-    from .compare import compare as run_compare
-    from .compare import compare_json, render_compare, validate_pair
-    from .config import ScanConfig
-    from .data import parse_shape
-    from .progress import Reporter
-    from .report import write_json
-
+    params = dict(locals())
     _setup_logging(debug)
 
     def work() -> int:
+        from .compare import compare as run_compare
+        from .compare import compare_json, validate_pair
+        from .progress import Reporter
+        from .report import write_json
+        from .report.compare_terminal import render_compare
+
         validate_pair(model, hardened)
-        config = ScanConfig(
-            arch=arch, activation=activation, output_activation=output_activation, trust_checkpoint=trust_checkpoint,
-            encoder=encoder, decoder=decoder, input_shape=parse_shape(input_shape), device=device, data_key=data_key,
-            anomalies=str(anomalies) if anomalies else None, seed=seed, fpr=fpr, bounds=bounds, budget=budget,
-            fail_on=fail_on, quiet=quiet,
-            command_line=shlex.join(["aeaudit", *sys.argv[1:]]), **_selection(probes, scorers, probe_settings, scorer_settings),
-        )
+        config = scan_config(params)
+        check_outputs(out)
         result = run_compare(model, hardened, data, config, reporter=Reporter(enabled=False if quiet else None))
         for name, audit in result["results"].items():
             report = audit.to_dict()
@@ -331,11 +381,18 @@ def report(
     """Re-render the HTML (and optionally JUnit / Markdown) report from a saved report.json.
 
     Exits 0 once written (the gate is `aeaudit scan`'s job; its code is in report.json under gate.exit_code)."""
-    from .report.json_report import load_report
 
     def work() -> int:
+        from .report.json_report import load_report
+
+        check_outputs(files=(out, junit, markdown))
         saved = load_report(results)
-        for path in write_extra_reports(saved, out, junit, markdown):
+        try:
+            written = write_extra_reports(saved, out, junit, markdown)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+            raise InputError(f"{results}: a malformed report.json ({type(exc).__name__}: {exc}); "
+                             "give the report.json that `aeaudit scan` wrote") from None
+        for path in written:
             typer.echo(f"wrote {path}")
         return EXIT_PASS
 

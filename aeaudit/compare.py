@@ -17,28 +17,16 @@ from torch import nn
 
 from .audit import AuditResult, scan
 from .baseline import split_indices
-from .config import ScanConfig
-from .data import load_data, shape_samples
+from .config import ScanConfig, scan_config
+from .data import load_data
 from .errors import InputError
 from .model.adapter import AutoencoderAdapter
-from .model.loading import load_model
+from .model.loading import open_model
 from .progress import Reporter
+from .scorers import SCORERS, make_scorer, trained_method
+from .verdict import gated
 
-SCHEMA = "aeaudit-compare/1"
-HARDENING_SCORERS = {"toll": "toll", "gradcon": "gradcon"}  # hardening method → the score it is deployed with
-
-
-def hardening_method(extras: dict[str, Any]) -> str | None:
-    """Which remedy a checkpoint was hardened with, from its extras (``aeaudit harden`` metadata,
-    else the scorer keys ``toll_beta`` / ``gradcon_reference``)."""
-    meta = extras.get("aeaudit")
-    if isinstance(meta, dict) and meta.get("method") in HARDENING_SCORERS:
-        return meta["method"]
-    if "gradcon_reference" in extras:
-        return "gradcon"
-    if "toll_beta" in extras:
-        return "toll"
-    return None
+SCHEMA = "aeaudit-compare/2"
 
 
 def audit_summary(result: AuditResult) -> dict[str, Any]:
@@ -56,8 +44,9 @@ def audit_summary(result: AuditResult) -> dict[str, Any]:
         "certificates": by_kind.get("certificate", 0),
         "tau_min": t["tau_min"], "tau_op": t["tau_op"], "scale": t["scale"], "min_distance": t["min_distance"],
         "scorers": report.get("scorers", {}).get("table") or [],
-        "adaptive_searched": {name: any(p.get("evaluations", 0) > 0 for p in summaries)
-                              for name, summaries in (report.get("scorers", {}).get("adaptive_probes") or {}).items()},
+        "adaptive": {row["scorer"]: dict(zip(("findings", "complete", "evaluations"),
+                                             adaptive_search(report.get("scorers", {}).get("table") or [], row["scorer"])))
+                     for row in report.get("scorers", {}).get("table") or []},
         "probes": [{k: p[k] for k in ("probe", "status", "evaluations", "candidates")} for p in report["probes"]],
         "errors": report["errors"],
     }
@@ -85,8 +74,6 @@ def replay_findings(findings: list, adapter: AutoencoderAdapter, data: np.ndarra
     others = [n for n in scorer_names if n != "recon"]
     if not others:
         return out
-    from .scorers import SCORERS, make_scorer
-
     ref_idx, held_idx = split_indices(len(data), config.heldout_fraction, config.seed)
     reference = torch.as_tensor(np.asarray(data[ref_idx]), dtype=adapter.dtype)
     heldout = torch.as_tensor(np.asarray(data[held_idx]), dtype=adapter.dtype)
@@ -99,7 +86,7 @@ def replay_findings(findings: list, adapter: AutoencoderAdapter, data: np.ndarra
         if reason:
             out["scores"][name] = {"status": "skipped", "reason": reason}
             continue
-        scorer.fit(adapter, reference.to(adapter.device)).calibrate(heldout, config.fpr)
+        scorer.fit(adapter, reference.to(adapter.device), heldout.to(adapter.device), config.fpr)
         s = scorer.score_batched(x).double().cpu().numpy()
         out["scores"][name] = {**_blind(s, scorer.threshold_, scorer.min_normal_), "posthoc": bool(scorer.posthoc)}
     return out
@@ -111,24 +98,16 @@ def _blind(scores: np.ndarray, threshold: float, minimum: float) -> dict[str, An
             "median_score_ratio": float(np.median(scores / threshold)) if threshold > 0 and len(scores) else None}
 
 
-def _scorer_value(summary: dict[str, Any], name: str, key: str) -> Any:
-    return next((row.get(key) for row in summary["scorers"] if row.get("scorer") == name), None)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _adaptive(summary: dict[str, Any], name: str) -> int | None:
-    """Findings of the adaptive search against score ``name``; ``None`` when no search ran
-    (skipped score, or no budget left), so that "found nothing" is never claimed untested."""
-    for row in summary["scorers"]:
+def adaptive_search(table: list[dict[str, Any]], name: str) -> tuple[int | None, bool, int]:
+    """The adaptive search against score ``name`` in a scorer table: ``(findings or None when no search
+    ran, whether it ran to completion, evaluations)``, so that "found nothing" is never claimed
+    untested or half-tested."""
+    for row in table:
         if row.get("scorer") == name and row.get("adaptive_findings") is not None:
+            evaluations = int(row.get("adaptive_evaluations") or 0)
             n = int(row["adaptive_findings"])
-            return n if n > 0 or summary["adaptive_searched"].get(name) else None
-    return None
+            return (n if n > 0 or evaluations > 0 else None), bool(row.get("adaptive_complete")), evaluations
+    return None, False, 0
 
 
 def compare(original: str | Path | nn.Module | AutoencoderAdapter, hardened: str | Path | nn.Module | AutoencoderAdapter,
@@ -139,63 +118,73 @@ def compare(original: str | Path | nn.Module | AutoencoderAdapter, hardened: str
     Both audits use the scan settings (``config`` and keyword overrides), plus the score the
     hardened model was trained for (``toll`` / ``gradcon``, read from its checkpoint) when that
     scorer is available. Returns the ``compare.json`` dict; the two full audits are under
-    ``"results"`` as :class:`AuditResult` objects (not serialised by :func:`to_json`).
+    ``"results"`` as :class:`AuditResult` objects (not serialised by :func:`compare_json`).
+
+    The gap is *closed* only when every check ran to completion and passed: the hardened model passes
+    its gate, every replayed original finding is flagged under the deployed score, and the adaptive
+    search against that score found nothing in its (stated) number of evaluations. A check that could
+    not run or was cut short makes the result *inconclusive*, never closed.
     """
-    config = (config or ScanConfig()).with_overrides(**overrides) if overrides else (config or ScanConfig())
-    hardened_adapter = hardened if isinstance(hardened, AutoencoderAdapter) else load_model(hardened, config.load_options())
-    method = hardening_method(hardened_adapter.checkpoint_extras)
-    deployed = HARDENING_SCORERS.get(method or "", "recon")
-    from .scorers import SCORERS
-
-    scorer_names = list(config.scorers)
-    if deployed not in scorer_names and deployed in SCORERS:
-        scorer_names.append(deployed)
-    config = config.with_overrides(scorers=tuple(scorer_names))
-    original_result = scan(original, data, config, reporter=reporter)
-    hardened_result = scan(hardened_adapter, data, config, reporter=reporter)
-
+    config = scan_config(config, **overrides)
     arr = load_data(data, key=config.data_key, what="normal data")
-    arr, _ = shape_samples(arr, hardened_adapter.input_shape, "normal data")
-    replay = replay_findings(original_result.findings, hardened_adapter, arr, config,
+    hardened_adapter, shaped = open_model(hardened, arr, config.load)
+    method = trained_method(hardened_adapter.checkpoint_extras)
+    deployed = method if method in SCORERS else "recon"
+    if deployed not in config.scorers:
+        config = config.with_overrides(scorers=(*config.scorers, deployed))
+    original_result = scan(original, arr, config, reporter=reporter)
+    hardened_result = scan(hardened_adapter, shaped, config, reporter=reporter)
+
+    replay = replay_findings(original_result.findings, hardened_adapter, shaped, config,
                              hardened_result.thresholds, ["recon", deployed])
     before, after = audit_summary(original_result), audit_summary(hardened_result)
     deployed_replay = replay["scores"].get(deployed, {})
     if replay["n"] and deployed_replay.get("status") != "complete":  # the deployed score is unavailable: judge by recon
         deployed, deployed_replay = "recon", replay["scores"]["recon"]
-    adaptive = _adaptive(after, deployed)
-    checks = {  # None: the check could not run (no original findings, or no adaptive search of that score)
-        "hardened_gate_passed": not hardened_result.gate_failed(),
+    adaptive, adaptive_complete, adaptive_evaluations = adaptive_search(after["scorers"], deployed)
+    outcome = hardened_result.outcome.value
+    checks = {  # None: the check could not run or did not finish (no original findings, no complete search)
+        "hardened_gate_passed": {"PASS": True, "FAIL": False}.get(outcome),
         "original_findings_flagged": (deployed_replay.get("still_below_threshold", 0) == 0) if replay["n"] else None,
-        "adaptive_search_found_nothing": None if adaptive is None else adaptive == 0,
+        "adaptive_search_found_nothing": (False if adaptive else None if adaptive is None or not adaptive_complete
+                                          else True),
     }
-    passed = all(v for v in checks.values() if v is not None)
-    had = before["counts"].get("reported", 0)
-    closed = passed if had else None  # None: the original audit found nothing to close
+    had = sum(gated(f.severity, config.fail_on) for f in original_result.findings)
+    counts = f"original {before['counts'].get('reported', 0)} finding(s) → hardened {after['counts'].get('reported', 0)}"
+    searched = f"{adaptive_evaluations:,} evaluations of the adaptive search against {deployed}"
+    unsettled = [k for k, v in checks.items() if v is None and not (k == "original_findings_flagged" and not had)]
+    if False in checks.values():
+        closed, verdict = False, (
+            f"NOT CLOSED: {counts}; adaptive findings vs {deployed}: {'–' if adaptive is None else adaptive}; "
+            f"original findings still unflagged under {deployed}: "
+            f"{deployed_replay.get('still_below_threshold', 0)} of {replay['n']}")
+    elif unsettled:
+        closed, verdict = None, (f"INCONCLUSIVE: {counts}; not run to completion: {', '.join(unsettled)} "
+                                 f"({searched})")
+    elif not had:
+        closed, verdict = None, f"NOTHING TO CLOSE: {counts} (the deployed score is {deployed}; {searched} found none)"
+    else:
+        closed, verdict = True, (f"CLOSED: {counts}; every replayed original finding is flagged under {deployed}, "
+                                 f"and {searched} found none (evidence, not proof)")
     exit_code = hardened_result.exit_code()
     if exit_code == 0 and original_result.errors:
         exit_code = 3
-    counts = f"original {had} finding(s) → hardened {after['counts'].get('reported', 0)}"
-    if not passed:
-        verdict = (f"NOT CLOSED: {counts}; adaptive findings vs {deployed}: {'–' if adaptive is None else adaptive}; "
-                   f"original findings still unflagged under {deployed}: "
-                   f"{deployed_replay.get('still_below_threshold', 0)} of {replay['n']}")
-    elif had:
-        verdict = f"CLOSED: {counts}; every replayed original finding is flagged under {deployed}"
-    else:
-        verdict = f"NOTHING TO CLOSE: {counts} within the budget (the deployed score is {deployed})"
     return {
         "schema": SCHEMA,
         "verdict": verdict,
         "closed": closed,
         "checks": checks,
+        "adaptive_evaluations": adaptive_evaluations,
+        "adaptive_complete": adaptive_complete,
         "exit_code": exit_code,
         "hardening": {"method": method, "deployed_score": deployed,
                       "settings": hardened_adapter.checkpoint_extras.get("aeaudit") or {}},
         "original": {"model": original_result.model.get("source"), **before},
         "hardened": {"model": hardened_result.model.get("source"), **after},
         "original_findings_on_hardened": replay,
-        "settings": {"seed": config.seed, "budget": config.budget, "fpr": config.fpr, "probes": list(config.probes),
-                     "scorers": list(config.scorers), "fail_on": config.fail_on},
+        "settings": {"seed": config.seed, "effort": config.effort, "time_limit": config.time_limit,
+                     "fpr": config.fpr, "probes": list(config.probes), "scorers": list(config.scorers),
+                     "fail_on": config.fail_on},
         "results": {"original": original_result, "hardened": hardened_result},
     }
 
@@ -203,43 +192,6 @@ def compare(original: str | Path | nn.Module | AutoencoderAdapter, hardened: str
 def compare_json(result: dict[str, Any]) -> dict[str, Any]:
     """``compare.json``: the compare dict without the in-memory audit results."""
     return {k: v for k, v in result.items() if k != "results"}
-
-
-def render_compare(result: dict[str, Any], console) -> None:
-    """A short terminal table: original vs hardened."""
-    from rich.table import Table
-
-    style = "bold red" if result["closed"] is False else "bold green"
-    console.print(f"[{style}]{result['verdict']}[/]")
-    o, h = result["original"], result["hardened"]
-    table = Table(title=f"original vs hardened ({result['hardening']['method'] or 'unknown method'})")
-    for col in ("", "original", "hardened"):
-        table.add_column(col)
-    rows = [
-        ("verdict", o["verdict"].split(":")[0], h["verdict"].split(":")[0]),
-        ("critical findings", o["counts"].get("critical", 0), h["counts"].get("critical", 0)),
-        ("high findings", o["counts"].get("high", 0), h["counts"].get("high", 0)),
-        ("certificates", o["certificates"], h["certificates"]),
-        ("τ_min / τ_op", f"{o['tau_min']:.3g} / {o['tau_op']:.3g}", f"{h['tau_min']:.3g} / {h['tau_op']:.3g}"),
-    ]
-    names = sorted({r["scorer"] for r in o["scorers"]} | {r["scorer"] for r in h["scorers"]})
-    for name in names:
-        rows.append((f"adaptive findings vs {name}", _adaptive(o, name), _adaptive(h, name)))
-    for name in names:
-        a, b = _scorer_value(o, name, "anomalies_auroc"), _scorer_value(h, name, "anomalies_auroc")
-        if a is not None or b is not None:
-            rows.append((f"AUROC on --anomalies, {name}", a, b))
-    for label, a, b in rows:
-        table.add_row(label, _cell(a), _cell(b))
-    console.print(table)
-    replay = result["original_findings_on_hardened"]
-    for name, r in replay["scores"].items():
-        if r.get("status") == "complete":
-            console.print(f"original findings replayed on the hardened model, {name}: "
-                          f"{r['still_below_threshold']} of {replay['n']} still below its threshold "
-                          f"({r['still_below_min']} below its minimum normal score)")
-        else:
-            console.print(f"replay under {name}: skipped ({r.get('reason', '')})")
 
 
 def validate_pair(original: str | Path, hardened: str | Path) -> None:

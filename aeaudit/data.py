@@ -126,6 +126,9 @@ def validate(arr: Any, name: str) -> np.ndarray:
     arr = np.asarray(arr) if not isinstance(arr, np.ndarray) else arr
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise InputError(f"{name}: holds {arr.dtype} values, not numbers")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise InputError(f"{name}: holds complex numbers ({arr.dtype}); an autoencoder audit needs real-valued "
+                         "features (split real and imaginary parts into features if the model takes them)")
     if arr.ndim == 0 or arr.shape[0] == 0 or arr.size == 0:
         raise InputError(f"{name}: holds no samples (shape {arr.shape})")
     if arr.ndim == 1:

@@ -1,7 +1,7 @@
 """Findings: verified adversarial anomalies and certificates.
 
 Probes propose *candidates*; nothing becomes a finding until its loss (or score) and its
-distance to the normal reference set have been recomputed in float64 on the CPU.
+distance to all normal data have been recomputed in float64 on the CPU.
 """
 from __future__ import annotations
 
@@ -13,16 +13,24 @@ import numpy as np
 import torch
 
 from .baseline import Baseline
+from .effort import NEVER, Stop
 from .geometry import NearestNeighbours
 from .model.adapter import AutoencoderAdapter
+from .verdict import SEVERITIES, SEVERITY_RANK
 
 log = logging.getLogger(__name__)
 
-SEVERITY_RANK = {"critical": 0, "high": 1}
 PREFILTER_LOSS_SLACK = 1.5  # candidates up to 1.5·τ in the model's dtype go on to verification
 PREFILTER_DISTANCE_SLACK = 0.9
 MAX_VERIFY = 4096
+MAX_NONFINITE = 64  # non-finite candidates verified per probe: one is enough to fail, a few show the extent
 MERGE_FRACTION = 0.25  # findings closer than 0.25·s to a better one are near-duplicates
+NON_FINITE = "non-finite"
+
+
+def loose_threshold(tau: float, slack: float = PREFILTER_LOSS_SLACK) -> float:
+    """``τ`` loosened by ``slack`` (1.5 → 50 % above), also for a score threshold below zero."""
+    return tau + (slack - 1.0) * abs(tau)
 
 
 @dataclass
@@ -36,6 +44,11 @@ class Candidates:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def take(self, idx: torch.Tensor, kind: str | None = None) -> Candidates:
+        idx = idx.cpu()
+        return Candidates(x=self.x[idx].cpu(), probe=self.probe, kind=kind or self.kind,
+                          latent=self.latent[idx].cpu() if self.latent is not None else None)
 
 
 @dataclass
@@ -84,29 +97,40 @@ def rank_key(f: Finding) -> tuple:
 
 
 class Verifier:
-    """Recomputes losses and distances in float64 on the CPU."""
+    """Recomputes losses and distances in float64 on the CPU, against all normal data.
+
+    ``adapter``: the float64 CPU copy of the model (the model's own dtype where a compiled graph
+    refuses float64); ``native``: a CPU copy in the model's own dtype, which re-checks non-finite
+    outputs the way the deployed detector computes them."""
 
     def __init__(self, adapter: AutoencoderAdapter, baseline: Baseline):
         self.baseline = baseline
+        self.native = adapter.to("cpu", adapter.dtype)
         try:
             self.adapter = adapter.to("cpu", torch.float64)
             self.dtype = torch.float64
         except Exception as exc:  # some compiled graphs hard-code float32
             log.warning("float64 copy of the model failed (%s); verifying in %s on the CPU", exc, adapter.dtype)
-            self.adapter = adapter.to("cpu", adapter.dtype)
-            self.dtype = adapter.dtype
-        self.neighbours = NearestNeighbours(baseline.reference.detach().to("cpu", torch.float64))
-        self.reference_indices = baseline.reference_indices
+            self.adapter, self.dtype = self.native, adapter.dtype
+        self.neighbours = NearestNeighbours(baseline.normal.detach().to("cpu", torch.float64))
 
     @property
     def dtype_name(self) -> str:
         return str(self.dtype).replace("torch.", "")
 
+    def data_row(self, index: int) -> int:
+        """The row of the normal data behind the ``index``-th point of the distance index."""
+        return int(self.baseline.normal_rows[index])
+
     @torch.no_grad()
-    def measure(self, x: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Return float64 ``(loss, distance, nearest reference index, reconstruction)``."""
+    def measure(self, x: torch.Tensor, batch_size: int = 512,
+                stop: Stop = NEVER) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return float64 ``(loss, distance, nearest normal index, reconstruction)``; a ``stop`` that
+        is reached between batches ends the measurement early (fewer rows come back)."""
         losses, dists, idxs, recs = [], [], [], []
         for i in range(0, x.shape[0], batch_size):
+            if i and stop.reached():
+                break
             xb = x[i : i + batch_size].detach().to("cpu", self.dtype)
             loss, rec = self.adapter.loss_and_reconstruction(xb)
             d, j = self.neighbours.query(xb.to(torch.float64))
@@ -131,39 +155,49 @@ def evaluate_score(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 
 
 def prefilter(cands: Candidates, adapter: AutoencoderAdapter, baseline: Baseline,
-              score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, threshold: float | None = None) -> Candidates:
-    """Cheap screening in the model's dtype on its device before float64 verification."""
+              score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              threshold: float | None = None) -> tuple[Candidates, Candidates]:
+    """Cheap screening in the model's dtype on its device before float64 verification.
+
+    Returns ``(candidates, non-finite candidates)``: the first scored at most a little above the
+    threshold and at least about ``min(s, δ)`` from the normal data (lowest scores first, at most
+    ``MAX_VERIFY``); the second, finite inputs whose score came out NaN or inf, at any distance (a
+    deployed ``score > τ`` test calls a NaN normal)."""
     if len(cands) == 0:
-        return cands
+        return cands, cands
     threshold = baseline.tau_op if threshold is None else threshold
     x = cands.x.to(adapter.device, adapter.dtype)
     score = evaluate_score(score_fn or adapter.loss, x)
     with torch.no_grad():
         dist = torch.cat([baseline.neighbours.query(x[i : i + 4096])[0] for i in range(0, x.shape[0], 4096)])
-    keep = (score <= threshold * PREFILTER_LOSS_SLACK) & (dist >= baseline.min_distance * PREFILTER_DISTANCE_SLACK)
-    keep &= torch.isfinite(score)
-    idx = torch.nonzero(keep).flatten()
+    finite_input = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    bad = torch.nonzero(finite_input & ~torch.isfinite(score)).flatten()[:MAX_NONFINITE]
+    keep = (score <= loose_threshold(threshold)) & (dist >= baseline.candidate_distance * PREFILTER_DISTANCE_SLACK)
+    idx = torch.nonzero(keep & torch.isfinite(score)).flatten()
     if idx.numel() > MAX_VERIFY:
-        idx = idx[torch.argsort(score[idx])[:MAX_VERIFY]]
-    idx = idx.cpu()
-    return Candidates(x=cands.x[idx].cpu(), probe=cands.probe,
-                      latent=cands.latent[idx].cpu() if cands.latent is not None else None, kind=cands.kind)
+        idx = idx[torch.argsort(score[idx], stable=True)[:MAX_VERIFY]]
+    return cands.take(idx), cands.take(bad, kind=NON_FINITE)
 
 
 def verify(cands: Candidates, verifier: Verifier, *, objective: str = "recon",
            score_fn64: Callable[[torch.Tensor], torch.Tensor] | None = None,
-           tau_min: float | None = None, tau_op: float | None = None) -> list[Finding]:
+           tau_min: float | None = None, tau_op: float | None = None, stop: Stop = NEVER) -> list[Finding]:
     """Turn screened candidates into verified findings (float64, CPU).
 
     For ``objective == "recon"`` severity follows the loss; for a scorer's adaptive search,
-    ``score_fn64`` gives the float64 score and ``tau_min``/``tau_op`` its thresholds.
+    ``score_fn64`` gives the float64 score and ``tau_min``/``tau_op`` its thresholds. Non-finite
+    candidates are re-checked in the model's own dtype on the CPU (and for a scorer, in float64).
     """
     if len(cands) == 0:
         return []
+    if cands.kind == NON_FINITE:
+        return _verify_nonfinite(cands, verifier, objective, score_fn64)
     b = verifier.baseline
-    loss, dist, nn_idx, rec = verifier.measure(cands.x)
+    loss, dist, nn_idx, rec = verifier.measure(cands.x, stop=stop)
+    n = len(loss)
     if score_fn64 is not None:
-        score = evaluate_score(score_fn64, cands.x.detach().to("cpu", verifier.dtype), 256).double().cpu().numpy()
+        x64 = cands.x[:n].detach().to("cpu", verifier.dtype)
+        score = evaluate_score(score_fn64, x64, 256).double().cpu().numpy()
     else:
         score = loss
     t_min = b.tau_min if tau_min is None else tau_min
@@ -173,16 +207,49 @@ def verify(cands: Candidates, verifier: Verifier, *, objective: str = "recon",
         sev = b.severity(float(score[i]), float(dist[i]), t_min, t_op)
         if sev is None:
             continue
-        findings.append(Finding(
-            kind=cands.kind, probe=cands.probe, severity=sev, objective=objective,
-            loss=float(loss[i]), loss_ratio=float(loss[i] / b.tau_op), loss_ratio_min=float(loss[i] / b.tau_min) if b.tau_min > 0 else float("inf"),
-            distance=float(dist[i]), distance_ratio=float(dist[i] / b.scale), verified=True,
-            nearest_index=int(b.reference_indices[nn_idx[i]]) if b.reference_indices is not None else int(nn_idx[i]),
-            score=float(score[i]) if score_fn64 is not None else None,
-            score_threshold=t_op if score_fn64 is not None else None,
-            x=cands.x[i].detach().cpu().double().numpy(), reconstruction=rec[i],
+        findings.append(_finding(cands, i, verifier, sev, objective, loss[i], dist[i], nn_idx[i], rec[i],
+                                 float(score[i]) if score_fn64 is not None else None,
+                                 t_op if score_fn64 is not None else None))
+    return findings
+
+
+def _finding(cands: Candidates, i: int, verifier: Verifier, severity: str, objective: str, loss: float,
+             dist: float, nn_index: int, rec: np.ndarray | None, score: float | None, threshold: float | None,
+             details: dict | None = None) -> Finding:
+    b = verifier.baseline
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return Finding(
+            kind=cands.kind, probe=cands.probe, severity=severity, objective=objective, loss=float(loss),
+            loss_ratio=float(loss / b.tau_op), loss_ratio_min=float(loss / b.tau_min) if b.tau_min > 0 else float("inf"),
+            distance=float(dist), distance_ratio=float(dist / b.scale), verified=True,
+            nearest_index=verifier.data_row(int(nn_index)), score=score, score_threshold=threshold,
+            x=cands.x[i].detach().cpu().double().numpy(), reconstruction=rec,
             latent=cands.latent[i].detach().cpu().double().flatten().tolist() if cands.latent is not None else None,
-        ))
+            details=details or {},
+        )
+
+
+@torch.no_grad()
+def _verify_nonfinite(cands: Candidates, verifier: Verifier, objective: str,
+                      score_fn64: Callable[[torch.Tensor], torch.Tensor] | None) -> list[Finding]:
+    """A non-finite candidate stands when recomputing it on the CPU in the model's own dtype gives a
+    non-finite loss or output again (for a scorer: a non-finite float64 score). Always critical."""
+    x = cands.x.detach().to("cpu")
+    native_loss, native_rec = verifier.native.loss_and_reconstruction(x.to(verifier.native.dtype))
+    flat_rec = native_rec.reshape(len(x), -1)
+    out_bad = ~torch.isfinite(flat_rec).all(dim=1)
+    bad = ~torch.isfinite(native_loss) | out_bad
+    if score_fn64 is not None:
+        bad = ~torch.isfinite(evaluate_score(score_fn64, x.to(verifier.dtype), 256).cpu())
+    loss64, rec64 = verifier.adapter.loss_and_reconstruction(x.to(verifier.dtype))
+    dist, nn_idx = verifier.neighbours.query(x.to(torch.float64).reshape(len(x), -1))
+    findings = []
+    for i in np.flatnonzero(bad.numpy()):
+        details = {"non_finite": "score" if score_fn64 is not None else ("output" if bool(out_bad[i]) else "loss"),
+                   "model_dtype_loss": float(native_loss[i]), "float64_loss": float(loss64[i]),
+                   "float64_finite": bool(torch.isfinite(loss64[i]))}
+        findings.append(_finding(cands, i, verifier, "critical", objective, float(native_loss[i]), float(dist[i]),
+                                 int(nn_idx[i]), rec64[i].double().numpy(), None, None, details))
     return findings
 
 
@@ -231,10 +298,7 @@ def merge_and_rank(findings: list[Finding], scale: float, top_k: int = 64) -> tu
     result = sorted(kept + others, key=rank_key)
     for f in result[top_k:]:
         f.x = f.reconstruction = f.nearest = None
-    counts.update({
-        "reported": len(result),
-        "critical": sum(f.severity == "critical" for f in result),
-        "high": sum(f.severity == "high" for f in result),
-        "merged_duplicates": len(findings) - len(result),
-    })
+    counts["reported"] = len(result)
+    counts.update({sev: sum(f.severity == sev for f in result) for sev in SEVERITIES})
+    counts["merged_duplicates"] = len(findings) - len(result)
     return result, counts

@@ -9,7 +9,7 @@ normal row, and each score's adaptive findings and verdict. The question it answ
 detector that separates the known anomalies almost perfectly still have far-away inputs it
 calls normal?
 
-    python benchmarks/audit_odds.py [--table shuttle] [--seeds 3] [--budget 60] [--smoke]
+    python benchmarks/audit_odds.py [--table shuttle] [--seeds 3] [--effort standard] [--smoke]
 
 Without ``--data-dir``'s ``odds/<table>.mat`` it skips (``--smoke`` runs a generated stand-in).
 """
@@ -49,7 +49,8 @@ def run_seed(x: np.ndarray, y: np.ndarray, seed: int, args, folder: Path) -> dic
     model = MLPAutoencoder(sizes, activation="relu")
     mse = C.train_plain(model, xs[y == 0], steps=args.steps, lr=2e-3, batch_size=256, seed=seed)
     t = time.perf_counter()
-    r = scan(model, xs[y == 0], anomalies=str(anomalies), scorers=tuple(SCORERS), budget=args.budget, seed=seed,
+    r = scan(model, xs[y == 0], anomalies=str(anomalies), scorers=tuple(SCORERS), effort=args.effort, seed=seed,
+             probe_settings=args.probe_settings, time_limit=None,
              quiet=True, device=args.device)
     row = {"seed": seed, "arch": "mlp:" + ",".join(map(str, sizes)), "train_mse": mse,
            "scan_seconds": time.perf_counter() - t, "status": r.status, "exit_code": r.exit_code(),
@@ -69,11 +70,12 @@ def main(argv: list[str] | None = None) -> dict:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--table", default="shuttle", help="ODDS table under <data-dir>/odds/ (shuttle, cardio, satellite, ...)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--budget", type=float, default=60.0, help="scan budget in seconds per seed")
+    p.add_argument("--effort", default="standard", help="scan effort per seed (quick | standard | thorough)")
     p.add_argument("--steps", type=int, default=3000, help="Adam steps (batch 256) of plain MSE training")
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--latent", type=int, default=4)
     args = p.parse_args(argv)
+    args.probe_settings = {}
     C.setup(args)
     started = time.perf_counter()
     real = C.odds(args.data_dir, args.table)
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
         x, y = real
         source = f"ODDS {args.table}.mat ({args.data_dir / 'odds'})"
     if args.smoke:
-        seeds, args.steps, args.budget = 1, 50, 3.0
+        seeds, args.steps, args.effort = 1, 50, "quick"
+        args.probe_settings = {"steps": 10, "starts": 8, "samples": 256, "resolution": 20, "sphere_steps": 10}
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for seed in range(seeds):
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
                        f"{r['high']} high, best d/s {r['best_distance_ratio']}, {r['scan_seconds']:.0f} s ({r['status']})")
     return C.finish("audit_odds", args, {
         "status": "complete", "data": source,
-        "budget": {"seeds": seeds, "steps": args.steps, "scan_budget_s": args.budget, "threads": args.threads},
+        "budget": {"seeds": seeds, "steps": args.steps, "scan_effort": args.effort, "probe_settings": args.probe_settings, "threads": args.threads},
         "runs": rows}, started)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import _common as C
-from aeaudit.model import finalize_shapes, load_model
+from aeaudit.model import load_model
 from aeaudit.scorers.energy import EnergyScorer
 from aeaudit.zoo import ConvAutoencoder
 
@@ -55,8 +55,7 @@ def run_seed(seed: int, train: np.ndarray, test: np.ndarray, steps: int, n_image
     torch.manual_seed(seed)
     model = ConvAutoencoder(latent_dim=32)
     final = C.train_plain(model, train, steps=steps, lr=1e-3, batch_size=64, seed=seed)
-    adapter = load_model(model, device=device)
-    finalize_shapes(adapter, torch.as_tensor(train[:2]))
+    adapter = load_model(model, train[:2], device=device)
     xd = torch.as_tensor(defect).to(adapter.device)
     with torch.no_grad():
         maps = {"reconstruction_error": (xd - adapter.reconstruct(xd)).pow(2).cpu().numpy()}
@@ -64,7 +63,8 @@ def run_seed(seed: int, train: np.ndarray, test: np.ndarray, steps: int, n_image
                 "projection_adam": dict(alpha=0.01, lam=0.05, optimizer="adam")}
     steps_taken = {}
     for name, kw in variants.items():
-        scorer = EnergyScorer(steps=proj_steps, batch_size=256, **kw).fit(adapter, torch.as_tensor(train).to(adapter.device))
+        normal = torch.as_tensor(train).to(adapter.device)
+        scorer = EnergyScorer(steps=proj_steps, batch_size=256, **kw).fit(adapter, normal, normal, 0.05)
         proj = [scorer.project(xd[i : i + 256]) for i in range(0, len(xd), 256)]
         maps[f"{name}:|x_T-x_0|"] = torch.cat([q.anomaly_map for q in proj]).cpu().numpy()
         with torch.no_grad():

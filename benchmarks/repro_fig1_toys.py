@@ -7,7 +7,7 @@ loss (1f). The paper shows one network per panel; here each configuration is tra
 several seeds and audited, answering "in how many seeds does the audit find blind spots?".
 
 Per seed: train the [2,5,1,5,2] (banana-deep: [2,100,20,1,20,100,2]) autoencoder with plain
-MSE, audit it with ``aeaudit.scan`` (default probes, fixed budget), and, because the input is
+MSE, audit it with ``aeaudit.scan`` (default probes, a fixed effort), and, because the input is
 2-D, also evaluate the loss on a dense grid over a box five times the data's extent — the
 exhaustive answer the audit's searches can be checked against. Critical = loss ≤ the lowest
 normal loss (τ_min) at distance ≥ δ from every normal sample; high = loss ≤ τ_op (1 % FPR).
@@ -21,7 +21,6 @@ import torch
 
 import _common as C
 from aeaudit import scan
-from aeaudit.baseline import split_indices
 from aeaudit.zoo import MLPAutoencoder
 
 CONFIGS = {  # name → (data set, layer sizes, activation, Figure 1 panel)
@@ -65,16 +64,16 @@ def grid_check(model: torch.nn.Module, x: np.ndarray, reference: np.ndarray, tau
             "max_critical_distance": float(dist[crit].max()) if crit.any() else 0.0}
 
 
-def run_one(name: str, seed: int, steps: int, budget: float, grid: int) -> dict:
+def run_one(name: str, seed: int, steps: int, effort: str, grid: int, settings: dict) -> dict:
     kind, sizes, act, panel = CONFIGS[name]
     x = make_data(kind)
     torch.manual_seed(seed)
     model = MLPAutoencoder(sizes, activation=act)
     final = C.train_plain(model, x, steps=steps, lr=1e-2, seed=seed, full_batch=True)
-    result = scan(model, x, seed=seed, budget=budget, scorers=(), quiet=True, bounds="none")
+    result = scan(model, x, seed=seed, effort=effort, probe_settings=settings, scorers=(), quiet=True, bounds="none",
+                  time_limit=None)
     t = result.thresholds
-    ref_idx, _ = split_indices(len(x), 0.2, seed)
-    g = grid_check(model, x, x[ref_idx], t["tau_min"], t["tau_op"], t["min_distance"], grid)
+    g = grid_check(model, x, x, t["tau_min"], t["tau_op"], t["min_distance"], grid)  # far from ALL normal data
     worst = result.findings[0] if result.findings else None
     return {
         "config": name, "panel": panel, "seed": seed, "train_mse": final,
@@ -106,21 +105,23 @@ def main(argv: list[str] | None = None) -> dict:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--steps", type=int, default=2000, help="full-batch Adam steps per model")
-    p.add_argument("--budget", type=float, default=3.0, help="audit budget per model (seconds)")
+    p.add_argument("--effort", default="standard", help="audit effort per model (quick | standard | thorough)")
     p.add_argument("--configs", default=",".join(CONFIGS))
     args = p.parse_args(argv)
     C.setup(args)
     started = time.perf_counter()
     configs = [c for c in args.configs.split(",") if c]
-    seeds, steps, budget, grid = args.seeds, args.steps, args.budget, 300
+    seeds, steps, effort, grid, settings = args.seeds, args.steps, args.effort, 300, {}
     if args.smoke:
-        configs, seeds, steps, budget, grid = ["gaussian-relu", "two-gaussians-sigmoid"], 1, 100, 0.5, 60
+        configs, seeds, steps, effort, grid = ["gaussian-relu", "two-gaussians-sigmoid"], 1, 100, "quick", 60
+        settings = {"steps": 20, "starts": 8, "samples": 256, "resolution": 40, "sphere_steps": 10}
     unknown = sorted(set(configs) - set(CONFIGS))
     if unknown:
         p.error(f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
-    rows = [run_one(c, s, steps, budget, grid) for c in configs for s in range(seeds)]
+    rows = [run_one(c, s, steps, effort, grid, settings) for c in configs for s in range(seeds)]
     return C.finish("repro_fig1_toys", args, {
-        "paper": "seeds/004 Figure 1", "budget": {"seeds": seeds, "train_steps": steps, "audit_seconds": budget, "grid": grid},
+        "paper": "seeds/004 Figure 1",
+        "budget": {"seeds": seeds, "train_steps": steps, "audit_effort": effort, "probe_settings": settings, "grid": grid},
         "summary": summarise(rows), "runs": rows}, started)
 
 

@@ -84,7 +84,8 @@ def plot(path: Path, title: str, grid: dict, tau_min: float) -> None:
     plt.close(fig)
 
 
-def run_one(digits: str, x: np.ndarray, seed: int, steps: int, budget: float, grid_n: int, out_dir: Path | None) -> dict:
+def run_one(digits: str, x: np.ndarray, seed: int, steps: int, effort: str, settings: dict, grid_n: int,
+            out_dir: Path | None) -> dict:
     torch.manual_seed(seed)
     model = ConvAutoencoder(latent_dim=2)
     final = C.train_plain(model, x, steps=steps, lr=1e-3, batch_size=64, seed=seed)
@@ -93,7 +94,8 @@ def run_one(digits: str, x: np.ndarray, seed: int, steps: int, budget: float, gr
     if out_dir is not None:
         plot(out_dir / f"fig2_{digits}_seed{seed}.png", f"MNIST {{{','.join(digits)}}} seed {seed}", grid,
              state.baseline.tau_min)
-    result = scan(state.adapter, x, seed=seed, budget=budget, scorers=(), quiet=True)
+    result = scan(state.adapter, x, seed=seed, effort=effort, probe_settings=settings, scorers=(), quiet=True,
+                  time_limit=None)
     best = result.findings[0] if result.findings else None
     return {
         "digits": digits, "seed": seed, "train_mse": final, "tau_min": result.thresholds["tau_min"],
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=1000, help="Adam steps (batch 64) per model")
-    p.add_argument("--budget", type=float, default=20.0, help="audit budget per model (seconds)")
+    p.add_argument("--effort", default="standard", help="audit effort per model (quick | standard | thorough)")
     p.add_argument("--grid", type=int, default=150, help="latent grid points per axis")
     p.add_argument("--out-dir", type=Path, default=None, help="write the latent maps (PNG) here")
     args = p.parse_args(argv)
@@ -122,14 +124,15 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         source = f"MNIST test set ({args.data_dir / 'mnist'})"
         x_all, y_all = real
-    seeds, steps, budget, grid_n = args.seeds, args.steps, args.budget, args.grid
+    seeds, steps, effort, grid_n, settings = args.seeds, args.steps, args.effort, args.grid, {}
     limit = None
     if args.smoke:
-        seeds, steps, budget, grid_n, limit = 1, 10, 0.3, 20, 200
+        seeds, steps, effort, grid_n, limit = 1, 10, "quick", 20, 200
+        settings = {"steps": 10, "starts": 8, "samples": 256, "resolution": 20, "sphere_steps": 10}
     rows = []
     for name, digits in DIGIT_SETS.items():
         x = C.take(x_all, y_all, digits, limit=limit)
-        rows += [run_one(name, x, s, steps, budget, grid_n, args.out_dir) for s in range(seeds)]
+        rows += [run_one(name, x, s, steps, effort, settings, grid_n, args.out_dir) for s in range(seeds)]
     summary = {}
     for name in DIGIT_SETS:
         rs = [r for r in rows if r["digits"] == name]
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
     return C.finish("repro_fig2_mnist_latent", args, {
         "paper": "seeds/004 Figure 2", "data": source,
-        "budget": {"seeds": seeds, "train_steps": steps, "audit_seconds": budget, "grid": grid_n, "subset_limit": limit},
+        "budget": {"seeds": seeds, "train_steps": steps, "audit_effort": effort, "probe_settings": settings,
+                   "grid": grid_n, "subset_limit": limit},
         "summary": summary, "runs": rows}, started)
 
 

@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 import torch
+from dataclasses import replace
 
 import _common as C
 from aeaudit.harden import harden
@@ -32,11 +33,11 @@ PAPER = {  # Table 4 AUROC: (DAE, GradCon)
 
 
 def evaluate(result, train: np.ndarray, test_x: np.ndarray, test_normal: np.ndarray) -> dict[str, float]:
-    adapter = result.adapter
-    adapter.checkpoint_extras = result.checkpoint_extras()
+    adapter = replace(result.adapter, checkpoint_extras=result.checkpoint_extras())
     x = torch.as_tensor(test_x)
     recon = adapter.losses(x).double().cpu().numpy()
-    scorer = GradConScorer(beta=0.12).fit(adapter, torch.as_tensor(train))
+    train_t = torch.as_tensor(train)
+    scorer = GradConScorer(beta=0.12).fit(adapter, train_t, train_t, 0.05)  # the threshold is not used here
     grad = scorer.score_batched(x, batch_size=256).double().cpu().numpy()
     return {"auroc_recon": C.auroc(recon[test_normal], recon[~test_normal]),
             "auroc_gradcon": C.auroc(grad[test_normal], grad[~test_normal])}
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         for label, alpha in (("cae", 0.0), ("gradcon", args.alpha)):
             torch.manual_seed(args.seed)
             t0 = time.perf_counter()
-            res = harden(GradConCAE(), train, "gradcon", alpha=alpha, from_scratch=True, steps=steps, lr=1e-3,
+            res = harden(GradConCAE(), train, method="gradcon", alpha=alpha, from_scratch=True, steps=steps, lr=1e-3,
                          batch_size=64, seed=args.seed, device=args.device)
             row = {"digit": d, "model": label, "alpha": alpha, "best_step": res.best_step, "heldout_mse": res.heldout_after,
                    "train_seconds": round(time.perf_counter() - t0, 1), **evaluate(res, train, test_x, test_y == d)}

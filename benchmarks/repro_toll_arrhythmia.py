@@ -78,11 +78,11 @@ def run_seed(x: np.ndarray, y: np.ndarray, seed: int, beta: float, steps: int, d
     std[std < 1e-8] = 1.0  # constant features stay at 0
     xs = ((x - mean) / std).astype(np.float32)
     torch.manual_seed(seed)
-    res = harden(ArrhythmiaAE(x.shape[1]), xs[train_idx], "toll", beta=beta, from_scratch=True, steps=steps, lr=1e-3,
+    res = harden(ArrhythmiaAE(x.shape[1]), xs[train_idx], method="toll", beta=beta, from_scratch=True, steps=steps, lr=1e-3,
                  batch_size=100, seed=seed, device=device)
     adapter = res.adapter
     with torch.no_grad():
-        rec, lat = toll_terms(adapter, torch.as_tensor(xs[test_idx]).to(adapter.device))
+        rec, lat = toll_terms(adapter, adapter.to_model_space(torch.as_tensor(xs[test_idx]).to(adapter.device)))
     score = (rec + beta * lat).double().cpu().numpy()
     f1 = C.f1_top(score, y[test_idx], 0.15)
     return {"seed": seed, "beta": beta, "f1": 100 * f1, "best_step": res.best_step, "n_train": int(len(train_idx)),

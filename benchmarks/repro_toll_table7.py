@@ -62,7 +62,8 @@ def scores(result, x: np.ndarray, beta: float) -> dict[str, np.ndarray]:
     rec, lat = [], []
     with torch.no_grad():
         for i in range(0, len(x), 1000):
-            r, z = toll_terms(adapter, torch.as_tensor(x[i : i + 1000]).to(adapter.device, adapter.dtype))
+            xb = torch.as_tensor(x[i : i + 1000]).to(adapter.device, adapter.dtype)
+            r, z = toll_terms(adapter, adapter.to_model_space(xb))
             rec.append(r.double().cpu())
             lat.append(z.double().cpu())
     rec, lat = torch.cat(rec).numpy(), torch.cat(lat).numpy()
@@ -73,7 +74,7 @@ def run_one(digit: int, beta: float, train: np.ndarray, test_x: np.ndarray, test
             steps: int, seed: int, latent: int, arch: str, device: str) -> dict:
     torch.manual_seed(seed)
     model = ARCHS[arch](latent_dim=latent)
-    res = harden(model, train, "toll", beta=beta, from_scratch=True, steps=steps, lr=1e-3, batch_size=64,
+    res = harden(model, train, method="toll", beta=beta, from_scratch=True, steps=steps, lr=1e-3, batch_size=64,
                  seed=seed, device=device)
     s = scores(res, test_x, beta)
     out = {"digit": digit, "beta": beta, "seed": seed, "best_step": res.best_step,

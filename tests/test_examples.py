@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from aeaudit import load_data, load_model
-from aeaudit.model import finalize_shapes
 from aeaudit.zoo import MLPAutoencoder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -29,12 +28,8 @@ def run_example(name: str, monkeypatch, *args: str):
 
 
 def _loads(model_path: Path, data_path: Path, **options):
-    adapter = load_model(model_path, device="cpu", **options)
     data = load_data(data_path)
-    sample = torch.as_tensor(np.array(data[:4]))
-    adapter.input_shape = adapter.input_shape or tuple(sample.shape[1:])
-    finalize_shapes(adapter, sample)
-    return adapter, data
+    return load_model(model_path, data, device="cpu", **options), data
 
 
 def test_train_linear_pca_weights_reconstruct_the_plane(tmp_path, monkeypatch):

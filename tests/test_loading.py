@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from aeaudit import InputError, UntrustedCheckpointError, load_model
-from aeaudit.model.shapes import conv_input_shape, finalize_shapes
+from aeaudit.model.shapes import conv_input_shape
 from aeaudit.zoo import ConvAutoencoder, MLPAutoencoder
 
 import helpers
@@ -21,9 +21,7 @@ X = torch.as_tensor(gaussian_data(16, seed=3))
 
 
 def _loaded(path, sample=X, **options):
-    adapter = load_model(path, device="cpu", **options)
-    finalize_shapes(adapter, sample)
-    return adapter
+    return load_model(path, sample, device="cpu", **options)
 
 
 def _assert_same_map(adapter, model: nn.Module, x=X):
@@ -302,9 +300,8 @@ def test_model_without_split_skips_latent_checks_with_a_reason():
 
 
 def test_output_shape_must_equal_input_shape():
-    adapter = load_model(helpers.WidenNet(), device="cpu")
     with pytest.raises(InputError, match=r"output shape \(3,\) differs from its input shape \(2,\)"):
-        finalize_shapes(adapter, X)
+        load_model(helpers.WidenNet(), X, device="cpu")
 
 
 def test_sampling_vae_gets_the_mean_path_and_noise_is_refused():

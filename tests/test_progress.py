@@ -30,7 +30,7 @@ def test_a_task_of_unknown_length_renders():
 
 def test_a_scan_with_progress_bars_drawn_runs_every_probe_and_scorer():
     reporter, buffer = _terminal_reporter()
-    result = aeaudit.scan(projection_ae(), line_data(), budget=8, probes=DEFAULT_PROBES, scorers=tuple(SCORERS),
+    result = aeaudit.scan(projection_ae(), line_data(), effort="quick", probes=DEFAULT_PROBES, scorers=tuple(SCORERS),
                           device="cpu", reporter=reporter)
     assert not result.errors
     assert all(p["status"] != "error" for p in result.probes), result.probes

@@ -92,7 +92,7 @@ def scanned(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         result = invoke("scan", model, "--arch", PROJECTION_ARCH, "--data", data, "--anomalies", root / "anomalies.npy",
-                        "--probes", ",".join(PROBES_RUN), "--budget", "2", "--device", "cpu", "--quiet", "-o", root / "out",
+                        "--probes", ",".join(PROBES_RUN), "--effort", "quick", "--device", "cpu", "--quiet", "-o", root / "out",
                         "--junit", root / "out" / "junit.xml", "--markdown", root / "out" / "summary.md")
     assert result.exit_code == 1, result.output  # the projection AE is blind along its first axis
     out = root / "out"
@@ -251,7 +251,7 @@ arch = "{PROJECTION_ARCH}"
 data = "../case/{data.name}"
 probes = ["random"]
 probe-settings = ["samples=300", "random.batch_size=100"]
-budget = 1
+time-limit = 100
 seed = 5
 fail-on = "never"
 quiet = true
@@ -268,7 +268,7 @@ out = "from-file"
     result = invoke("scan", "--config", tmp_path / "cfg" / "aeaudit.toml", "--fail-on", "high", "--seed", "1", "-o", "cli")
     assert result.exit_code == 1, result.output  # the flag's gate applies: the blind axis fails it
     report = read_json(tmp_path / "cli" / "report.json")
-    assert (report["seed"], report["gate"]["fail_on"], report["settings"]["budget"]) == (1, "high", 1.0)
+    assert (report["seed"], report["gate"]["fail_on"], report["settings"]["time_limit"]) == (1, "high", 100.0)
 
 
 def test_unknown_or_mistyped_settings_exit_2_naming_them(tmp_path, monkeypatch):

@@ -8,12 +8,14 @@ import pytest
 import torch
 from torch import nn
 
+from dataclasses import replace
+
 from aeaudit.audit import prepare, scan
 from aeaudit.config import ScanConfig
 from aeaudit.errors import InputError
-from aeaudit.model import finalize_shapes, load_model
+from aeaudit.gaps import _verdict, adaptive_probe_names, compare_scorers
+from aeaudit.model import load_model
 from aeaudit.scorers import SCORERS, make_scorer
-from aeaudit.scorers.compare import adaptive_probe_names
 from aeaudit.scorers.gradcon import (REFERENCE_KEY, GradConScorer, decoder_weight_layers, gradcon_score,
                                      per_sample_grads_func, per_sample_grads_hooks, per_sample_grads_loop)
 from aeaudit.scorers.toll import BETA_KEY
@@ -22,10 +24,13 @@ from helpers import NoSplitNet, gaussian_data, line_data, projection_ae, trained
 
 
 def adapter_of(module: nn.Module, x: torch.Tensor, extras: dict | None = None):
-    adapter = load_model(module, device="cpu", input_shape=tuple(x.shape[1:]))
-    finalize_shapes(adapter, x[:2].to(adapter.dtype))
-    adapter.checkpoint_extras = extras or {}
-    return adapter
+    adapter = load_model(module, x[:2], device="cpu", input_shape=tuple(x.shape[1:]))
+    return replace(adapter, checkpoint_extras=extras or {})
+
+
+def fit(scorer, adapter, x, fpr=0.05):
+    """Fit and calibrate on the same normal data (the hand-checked values need no split)."""
+    return scorer.fit(adapter, x, x, fpr)
 
 
 @pytest.fixture(scope="module")
@@ -38,13 +43,13 @@ def line():
 # --------------------------------------------------------------------------- hand-checkable values
 def test_recon_is_half_the_squared_offset(line):
     adapter, x = line
-    s = make_scorer("recon").fit(adapter, x)
+    s = fit(make_scorer("recon"), adapter, x)
     assert torch.allclose(s.score(torch.tensor([[2.0, 0.5], [-7.0, -1.0]])), torch.tensor([0.125, 0.5]))
 
 
 def test_toll_formula_with_given_beta(line):
     adapter, x = line
-    s = make_scorer("toll", {"beta": 2.0}).fit(adapter, x)
+    s = fit(make_scorer("toll", {"beta": 2.0}), adapter, x)
     # ||x̂ − x||₂ = |b| and ||z||₂ = |a|: (3, 4) → 4 + 2·3
     assert torch.allclose(s.score(torch.tensor([[3.0, 4.0], [-1.0, 0.0]])), torch.tensor([10.0, 2.0]))
     assert s.posthoc  # the model was not trained with the penalty
@@ -52,7 +57,7 @@ def test_toll_formula_with_given_beta(line):
 
 def test_toll_posthoc_beta_equalises_medians(line):
     adapter, x = line
-    s = make_scorer("toll").fit(adapter, x)
+    s = fit(make_scorer("toll"), adapter, x)
     expected = np.median(np.abs(x[:, 1].numpy())) / np.median(np.abs(x[:, 0].numpy()))
     assert s.beta_ == pytest.approx(expected, rel=1e-5)
     assert s.posthoc and "post-hoc" in s.note_
@@ -60,7 +65,7 @@ def test_toll_posthoc_beta_equalises_medians(line):
 
 def test_toll_reads_trained_beta_and_skips_without_latent(line):
     _, x = line
-    trained = make_scorer("toll").fit(adapter_of(projection_ae(), x, {BETA_KEY: 0.5}), x)
+    trained = fit(make_scorer("toll"), adapter_of(projection_ae(), x, {BETA_KEY: 0.5}), x)
     assert trained.beta_ == 0.5 and not trained.posthoc
     reason = make_scorer("toll").skip_reason(adapter_of(NoSplitNet(), x))
     assert reason is not None and "latent" in reason
@@ -70,7 +75,7 @@ def test_gradcon_by_hand_with_checkpoint_reference(line):
     _, x = line
     # decoder weight W (2×1), z = a, x̂ = (a, 0): ∂L/∂W = (x̂ − x)·z = (0, −a·b); reference (0, 1)
     adapter = adapter_of(projection_ae(), x, {REFERENCE_KEY: {"decoder.0.weight": torch.tensor([[0.0], [1.0]])}})
-    s = make_scorer("gradcon").fit(adapter, x)
+    s = fit(make_scorer("gradcon"), adapter, x)
     assert not s.posthoc
     got = s.score(torch.tensor([[1.0, 0.5], [1.0, -0.5]]))
     # L = 0.125 for both; cos = −1 for (1, 0.5) and +1 for (1, −0.5)
@@ -81,13 +86,13 @@ def test_gradcon_rejects_a_reference_that_does_not_fit(line):
     _, x = line
     adapter = adapter_of(projection_ae(), x, {REFERENCE_KEY: {"decoder.0.weight": torch.zeros(3)}})
     with pytest.raises(InputError, match="3 values"):
-        make_scorer("gradcon").fit(adapter, x)
+        fit(make_scorer("gradcon"), adapter, x)
 
 
 def test_energy_one_step_by_hand(line):
     adapter, x = line
     # at (a, 1): err = (0, 1), ∇E = (0, 1) (the L1 term's gradient is 0 at x₀), step = α·∇E⊙err² = (0, 0.5)
-    s = make_scorer("energy", {"steps": 1}).fit(adapter, x)
+    s = fit(make_scorer("energy", {"steps": 1}), adapter, x)
     p = s.project(torch.tensor([[2.0, 1.0]]))
     assert torch.allclose(p.x, torch.tensor([[2.0, 0.5]]))
     assert p.distance.item() == pytest.approx(0.25)  # mean |x₁ − x₀| over 2 features
@@ -97,7 +102,7 @@ def test_energy_one_step_by_hand(line):
 
 def test_energy_stops_at_tau_min(line):
     adapter, x = line
-    s = make_scorer("energy").fit(adapter, x)
+    s = fit(make_scorer("energy"), adapter, x)
     on_axis = torch.tensor([[25.0, 0.0]])  # loss 0 ≤ τ_min: already "normal" to the projection
     assert s.project(on_axis).steps.item() == 0 and s.score(on_axis).item() == 0.0
 
@@ -105,7 +110,7 @@ def test_energy_stops_at_tau_min(line):
 # --------------------------------------------------------------------------- energy descent
 def test_energy_never_increases_under_small_plain_steps():
     adapter = adapter_of(trained_toy(), torch.as_tensor(gaussian_data(100)))
-    s = make_scorer("energy", {"alpha": 0.02}).fit(adapter, torch.as_tensor(gaussian_data(100)))
+    s = fit(make_scorer("energy", {"alpha": 0.02}), adapter, torch.as_tensor(gaussian_data(100)))
     x = torch.tensor([[3.0, 3.0], [-3.0, 3.0], [2.0, -1.0]])
     s.tau_min_ = 0.0  # no early stop, so every step is taken
     energies = torch.stack([s.project(x, steps=k).energy for k in range(0, 8)])
@@ -116,14 +121,14 @@ def test_energy_never_increases_under_small_plain_steps():
 
 def test_energy_ends_lower_with_adam():
     adapter = adapter_of(trained_toy(), torch.as_tensor(gaussian_data(100)))
-    s = make_scorer("energy", {"optimizer": "adam", "alpha": 0.05, "steps": 20}).fit(adapter, torch.as_tensor(gaussian_data(100)))
+    s = fit(make_scorer("energy", {"optimizer": "adam", "alpha": 0.05, "steps": 20}), adapter, torch.as_tensor(gaussian_data(100)))
     x = torch.tensor([[3.0, 3.0], [-3.0, 3.0]])
     assert (s.project(x).energy < s.project(x, steps=0).energy).all()
 
 
 def test_energy_backtracks_a_too_large_step(line):
     adapter, x = line
-    s = make_scorer("energy", {"alpha": 50.0, "steps": 5}).fit(adapter, x)
+    s = fit(make_scorer("energy", {"alpha": 50.0, "steps": 5}), adapter, x)
     p = s.project(torch.tensor([[0.0, 1.0]]))
     assert math.isfinite(p.energy.item()) and p.energy.item() <= 0.5 / 2  # never above E(x₀) per feature
 
@@ -176,8 +181,7 @@ def test_gradcon_batched_equals_per_sample_loop(case):
         assert torch.allclose(gf, gl, rtol=1e-5, atol=1e-12)
     refs = [g.mean(dim=0) + 0.1 * g[0] for g in g_loop]  # any fixed direction, not parallel to one sample
     expected = gradcon_score(loss, g_loop, refs, 0.12)
-    s = GradConScorer()
-    s.fit(adapter, x)
+    s = fit(GradConScorer(), adapter, x)
     s.reference_ = refs
     assert torch.allclose(s.score(x), expected, rtol=1e-5, atol=1e-12)
     if case == "grouped":
@@ -194,14 +198,14 @@ def test_gradcon_batched_equals_per_sample_loop(case):
 def test_gradcon_posthoc_reference_is_the_mean_gradient_and_score_is_differentiable():
     x = torch.rand(5, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     adapter = adapter_of(Conv1dAE().double(), x)
-    s = GradConScorer().fit(adapter, x)
+    s = fit(GradConScorer(), adapter, x)
     _, g_loop = per_sample_grads_loop(adapter, s.layer_names_, x)
     for r, g in zip(s.reference_, g_loop):
         assert torch.allclose(r, g.mean(dim=0), rtol=1e-6)
     assert s.posthoc
     xr = x.clone().requires_grad_(True)
     grad_hooks, = torch.autograd.grad(s.score(xr).sum(), xr)
-    s_func = GradConScorer(method="func").fit(adapter, x)
+    s_func = fit(GradConScorer(method="func"), adapter, x)
     xr2 = x.clone().requires_grad_(True)
     grad_func, = torch.autograd.grad(s_func.score(xr2).sum(), xr2)
     assert grad_hooks.abs().max() > 0
@@ -214,10 +218,9 @@ def test_gradcon_on_torchscript_equals_the_eager_model(tmp_path):
     x = torch.rand(6, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     eager = Conv1dAE().double()
     torch.jit.save(torch.jit.script(eager), str(tmp_path / "ae.pt"))
-    scripted = load_model(tmp_path / "ae.pt", device="cpu", input_shape=(1, 8))
-    finalize_shapes(scripted, x[:2])
-    s_eager = GradConScorer().fit(adapter_of(eager, x), x)
-    s_script = GradConScorer().fit(scripted, x)
+    scripted = load_model(tmp_path / "ae.pt", x[:2], device="cpu", input_shape=(1, 8))
+    s_eager = fit(GradConScorer(), adapter_of(eager, x), x)
+    s_script = fit(GradConScorer(), scripted, x)
     assert s_script.method_ == "loop" and s_eager.method_ == "hooks"
     assert s_script.layer_names_ == s_eager.layer_names_ and "TorchScript" in s_script.note_
     for a, b in zip(s_script.reference_, s_eager.reference_):
@@ -244,7 +247,7 @@ def test_scorer_contract(name, toy):
     adapter = adapter_of(model, x)
     before = {k: v.clone() for k, v in adapter.module.state_dict().items()}
     flags = [p.requires_grad for p in adapter.module.parameters()]
-    s = make_scorer(name).fit(adapter, x[:160]).calibrate(x[160:], 0.05)
+    s = make_scorer(name).fit(adapter, x[:160], x[160:], 0.05)
     pts = torch.tensor([[0.05, -0.05], [3.0, 3.0]])
     first, second = s.score_batched(pts), s.score_batched(pts)
     assert first.shape == (2,) and torch.isfinite(first).all()
@@ -271,7 +274,7 @@ def test_make_scorer_takes_per_scorer_settings():
 # --------------------------------------------------------------------------- the gap comparison
 def test_comparison_on_a_planted_blind_spot():
     # The projection AE reconstructs the whole first axis exactly: far points along it are blind spots.
-    result = scan(projection_ae(), line_data(200), budget=30, quiet=True, seed=0, probes=("random",),
+    result = scan(projection_ae(), line_data(200), effort="quick", quiet=True, seed=0, probes=("random",),
                   scorers=("recon", "toll"), scorer_settings={"adaptive_probes": ["random"]})
     table = {r["scorer"]: r for r in result.scorers["table"]}
     recon = table["recon"]
@@ -288,22 +291,18 @@ def test_comparison_on_a_planted_blind_spot():
 
 
 def test_comparison_reports_a_scorer_that_cannot_apply():
-    cfg = ScanConfig(budget=10, quiet=True, probes=("random",), scorers=("toll",),
-                     scorer_settings={"adaptive_probes": ["random"]})
+    cfg = ScanConfig(quiet=True, probes=("random",), scorers=("toll",), scorer_settings={"adaptive_probes": ["random"]})
     state = prepare(NoSplitNet(), gaussian_data(100), cfg)
-    from aeaudit.scorers.compare import compare_scorers
-    from aeaudit.budget import Budget
-
-    out = compare_scorers(state, [], Budget(10))
+    out = compare_scorers(state, [], [])
     row = out["table"][0]
     assert row["verdict"].startswith("not evaluated (needs the latent code") and row["adaptive_findings"] is None
 
 
 def test_only_a_completed_empty_search_closes_the_gap():
-    from aeaudit.scorers.compare import _verdict
-
-    assert _verdict(0.95, 0, True, "") == "closes the gap"
-    assert _verdict(0.95, 0, True, "", complete=False).startswith("detects the transferred findings")
-    assert _verdict(None, 0, True, "", complete=False) == "not evaluated (no recon findings; none of its own within the budget)"
+    closes = _verdict(0.95, 0, True, "", evaluations=1234)
+    assert closes.startswith("closes the gap") and "none in 1,234 evaluations" in closes
+    cut = _verdict(0.95, 0, True, "pgd-input: interrupted (SIGTERM)", complete=False, evaluations=99)
+    assert cut.startswith("inconclusive") and "closes the gap" not in cut and "99 evaluations" in cut
+    assert "closes the gap" not in _verdict(None, 0, True, "", evaluations=5)
     assert _verdict(0.95, 3, True, "") == _verdict(0.5, 0, True, "") == "blind spots remain"
-    assert _verdict(0.95, 0, False, "no time left") == "not evaluated (no time left)"
+    assert _verdict(0.95, 0, False, "pgd-input: skipped") == "not evaluated (pgd-input: skipped)"

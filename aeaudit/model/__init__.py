@@ -1,9 +1,20 @@
-"""Loading autoencoders of every supported format into one adapter."""
-from .adapter import AutoencoderAdapter, Standardizer
-from .inventory import ModelCard
-from .architecture import build_architecture
-from .loading import LoadOptions, load_model, resolve_device
-from .shapes import finalize_shapes
+"""Loading autoencoders of every supported format into one finished adapter."""
 
-__all__ = ["AutoencoderAdapter", "LoadOptions", "ModelCard", "Standardizer", "build_architecture",
-           "finalize_shapes", "load_model", "resolve_device"]
+from .adapter import AutoencoderAdapter, Standardizer
+from .architecture import build_architecture
+from .inventory import ModelCard
+from .loading import LoadOptions, RawModel, bind, load_model, open_model, read_model, resolve_device
+
+__all__ = [
+    "AutoencoderAdapter",
+    "LoadOptions",
+    "ModelCard",
+    "RawModel",
+    "Standardizer",
+    "bind",
+    "build_architecture",
+    "load_model",
+    "open_model",
+    "read_model",
+    "resolve_device",
+]

@@ -1,27 +1,44 @@
-"""Any supported checkpoint → :class:`AutoencoderAdapter`: the public entry ``load_model``.
+"""Any supported checkpoint → a finished :class:`AutoencoderAdapter`: the public entry ``load_model``.
 
-Reading files (and the rule that nothing is unpickled without ``trust_checkpoint=True``) lives in
-:mod:`.formats`, ``--arch`` in :mod:`.architecture`, shape checks on data in :mod:`.shapes`.
+Loading has two steps. :func:`read_model` turns a file (or an in-memory module) into a
+:class:`RawModel` — reading files, and the rule that nothing is unpickled without
+``trust_checkpoint=True``, live in :mod:`.formats`, ``--arch`` in :mod:`.architecture`. :func:`bind`
+then meets the model with the normal data: it settles the input layout the data is shaped to, the
+output element, a VAE's mean path and the encoder/decoder split (:mod:`.shapes`), and returns the
+adapter, which is not changed after that.
 """
+
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from ..data import load_data, shape_samples
 from ..errors import InputError
 from .adapter import AutoencoderAdapter, Standardizer, eval_mode, resolve_path
 from .architecture import build_architecture
-from .formats import (FixedBatch, MeanPath, export_signature, find_state_dict, from_pyod, is_pyod_detector,
-                      module_key, read_checkpoint, torchscript_extras)
+from .formats import (
+    FixedBatch,
+    MeanPath,
+    export_signature,
+    find_state_dict,
+    from_pyod,
+    is_pyod_detector,
+    module_key,
+    read_checkpoint,
+    torchscript_extras,
+)
 from .inventory import describe
-from .shapes import guess_input_shape
+from .shapes import conv_input_shape, guess_input_shape, settle
 
 SPLIT_CANDIDATES = (("encoder", "decoder"), ("enc", "dec"), ("encode", "decode"))
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,26 @@ class LoadOptions:
     decoder: str | None = None
     input_shape: tuple[int, ...] | None = None
     device: str = "auto"
+
+    @classmethod
+    def field_names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+@dataclass
+class RawModel:
+    """A checkpoint as read, before it has met the data."""
+
+    module: nn.Module
+    format: str
+    source: str = "<in-memory module>"
+    sha256: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+    preprocess: Standardizer | None = None
+    loss_kind: str = "mse"
+    input_hint: tuple[int, ...] | None = None
+    program: nn.Module | None = None  # an exported graph: read for the layer inventory instead of its wrapper
+    notes: list[str] = field(default_factory=list)
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -64,106 +101,73 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-
-def load_model(source: str | Path | nn.Module, options: LoadOptions | None = None, **overrides: Any) -> AutoencoderAdapter:
-    """Load any supported autoencoder into an :class:`AutoencoderAdapter`.
-
-    ``source`` is a path (TorchScript, ``.pt2``, a state_dict checkpoint with ``arch``, a
-    pickled module or PyOD detector with ``trust_checkpoint``) or an ``nn.Module``.
-    Keyword overrides set :class:`LoadOptions` fields.
-    """
-    options = options or LoadOptions()
-    if overrides:
-        options = LoadOptions(**{**options.__dict__, **overrides})
-    device = resolve_device(options.device)
-    extras: dict[str, Any] = {}
-    preprocess = None
-    loss_kind = "mse"
-    src_name, sha = "<in-memory module>", ""
+def read_model(source: str | Path | nn.Module, options: LoadOptions) -> RawModel:
+    """Read a checkpoint file (or take an in-memory module) as a module in eval mode on the device,
+    its weights frozen. Nothing is unpickled unless ``options.trust_checkpoint``."""
     if isinstance(source, nn.Module):
-        obj, fmt = source, "nn.Module (in memory)"
+        raw = RawModel(module=source, format="nn.Module (in memory)")
     else:
         path = Path(source)
         if not path.is_file():
             raise InputError(f"model file {path} not found")
         if path.stat().st_size == 0:
             raise InputError(f"model file {path} is empty")
-        src_name, sha = str(path), file_sha256(path)
         obj, fmt = read_checkpoint(path, options.trust_checkpoint)
+        raw = _from_checkpoint(obj, fmt, str(path), options)
+        raw.sha256 = file_sha256(path)
         if fmt == "torchscript":
-            extras = torchscript_extras(path)
+            raw.extras = torchscript_extras(path)
+    device = resolve_device(options.device)
+    raw.module = eval_mode(raw.module.to(device))
+    for p in raw.module.parameters():
+        p.requires_grad_(False)
+    return raw
 
-    program, input_hint = None, None
+
+def _from_checkpoint(obj: Any, fmt: str, src: str, options: LoadOptions) -> RawModel:
     if fmt == "torch.export":
-        program, input_hint, batch = export_signature(obj, src_name)
-        module = program if batch is None else FixedBatch(program, batch)
-    elif isinstance(obj, dict) and (key := module_key(obj)) is not None:  # trusted {"model": nn.Module, ...}
-        module, fmt = obj[key], "pickled nn.Module"
-        extras = {k: v for k, v in obj.items() if k != key}
-    elif isinstance(obj, dict):
+        program, hint, batch = export_signature(obj, src)
+        raw = RawModel(program if batch is None else FixedBatch(program, batch), fmt, src, input_hint=hint,
+                       program=program)
+        if batch is not None:
+            raw.notes.append(f"exported with a fixed batch size of {batch}: run in padded chunks of that size; "
+                             "export with a dynamic batch dimension for speed")
+        return raw
+    if isinstance(obj, dict) and (key := module_key(obj)) is not None:  # trusted {"model": nn.Module, ...}
+        return RawModel(obj[key], "pickled nn.Module", src, extras={k: v for k, v in obj.items() if k != key})
+    if isinstance(obj, dict):
         state, extras = find_state_dict(obj)
         if options.arch is None:
             raise InputError(
-                f"{src_name} is a state_dict ({len(state)} tensors); give its architecture with "
-                "--arch mlp:SIZES, --arch path/to/file.py:factory or --arch package.module:factory")
+                f"{src} is a state_dict ({len(state)} tensors); give its architecture with "
+                "--arch mlp:SIZES, --arch path/to/file.py:factory or --arch package.module:factory"
+            )
         module = build_architecture(options.arch, options.activation, options.output_activation)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = " ".join(str(exc).split())[:300]
-            raise InputError(f"{src_name}: weights do not fit --arch {options.arch}: {first}") from None
-    elif is_pyod_detector(obj):
-        module, preprocess, fmt = from_pyod(obj)
-        loss_kind = "pyod"
-    elif isinstance(obj, nn.Module):
-        module = obj
-        fmt = fmt if fmt != "pickle" else "pickled nn.Module"
-    else:
-        raise InputError(f"{src_name}: holds a {type(obj).__name__}, not a model, state_dict or PyOD detector")
-
-    module = eval_mode(module.to(device))
-    for p in module.parameters():
-        p.requires_grad_(False)
-    adapter = _make_adapter(module, fmt, src_name, options, preprocess, loss_kind, input_hint, program)
-    if loss_kind == "pyod" and isinstance(module, MeanPath):
-        adapter.card.notes.append("PyOD's decision_function samples the latent code; aeaudit scores this VAE at "
-                                  "the mean code, PyOD's distance without the sampling noise")
-    if isinstance(module, FixedBatch):
-        adapter.card.notes.append(f"exported with a fixed batch size of {module.batch}: run in padded chunks of that "
-                                  "size; export with a dynamic batch dimension for speed")
-    adapter.card.sha256 = sha
-    adapter.card.device = str(device)
-    adapter.checkpoint_extras = extras
-    return adapter
-
-
-def _make_adapter(module: nn.Module, fmt: str, src: str, options: LoadOptions, preprocess: Standardizer | None,
-                  loss_kind: str, input_hint: tuple[int, ...] | None = None,
-                  program: nn.Module | None = None) -> AutoencoderAdapter:
-    """``program``: the exported graph, read for the layer inventory instead of its wrapper."""
-    card = describe(program if program is not None else module, fmt, src)
-    input_shape = options.input_shape or input_hint or guess_input_shape(module)
-    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
-    if preprocess is not None:
-        preprocess = preprocess.to(next(iter(module.parameters())).device, dtype)
-        card.preprocessing = preprocess.describe()
-    adapter = AutoencoderAdapter(module=module, input_shape=tuple(input_shape or ()), card=card,
-                                 preprocess=preprocess, loss_kind=loss_kind)
-    enc_path, dec_path, reason = _find_split(module, options, fmt)
-    adapter._encoder_path, adapter._decoder_path, adapter.split_reason = enc_path, dec_path, reason
-    if enc_path is not None:
-        adapter.encoder = resolve_path(module, enc_path)
-        adapter.decoder = resolve_path(module, dec_path)
-    card.encoder, card.decoder = enc_path, dec_path
-    card.dtype = str(dtype).replace("torch.", "")
-    return adapter
+            raise InputError(f"{src}: weights do not fit --arch {options.arch}: {first}") from None
+        return RawModel(module, fmt, src, extras=extras)
+    if is_pyod_detector(obj):
+        module, preprocess, name = from_pyod(obj)
+        raw = RawModel(module, name, src, preprocess=preprocess, loss_kind="pyod")
+        if isinstance(module, MeanPath):
+            raw.notes.append("PyOD's decision_function samples the latent code; aeaudit scores this VAE at "
+                             "the mean code, PyOD's distance without the sampling noise")
+        return raw
+    if isinstance(obj, nn.Module):
+        return RawModel(obj, fmt if fmt != "pickle" else "pickled nn.Module", src)
+    raise InputError(f"{src}: holds a {type(obj).__name__}, not a model, state_dict or PyOD detector")
 
 
 def _find_split(module: nn.Module, options: LoadOptions, fmt: str) -> tuple[str | None, str | None, str]:
     if fmt == "torch.export":
         if options.encoder or options.decoder:
-            raise InputError("--encoder/--decoder: a torch.export program keeps only forward(); save the model as "
-                             "TorchScript or as a state_dict with --arch to name its encoder and decoder")
+            raise InputError(
+                "--encoder/--decoder: a torch.export program keeps only forward(); save the model as "
+                "TorchScript or as a state_dict with --arch to name its encoder and decoder"
+            )
         return None, None, "torch.export programs keep only forward(); latent checks need TorchScript or a state_dict with --arch"
     if options.encoder or options.decoder:
         if not (options.encoder and options.decoder):
@@ -178,3 +182,79 @@ def _find_split(module: nn.Module, options: LoadOptions, fmt: str) -> tuple[str 
         if callable(getattr(module, enc, None)) and callable(getattr(module, dec, None)):
             return enc, dec, ""
     return None, None, "no encoder/decoder (or enc/dec, encode/decode) found; name them with --encoder/--decoder"
+
+
+def input_layout(raw: RawModel, data: np.ndarray, options: LoadOptions) -> tuple[int, ...] | None:
+    """The per-sample shape the data is given to the model in: ``--input-shape``, the exported
+    signature, the width of a first linear layer, or the channel layout a first convolution needs."""
+    return (options.input_shape or raw.input_hint or guess_input_shape(raw.module)
+            or conv_input_shape(raw.module, tuple(data.shape[1:])))
+
+
+def bind(raw: RawModel, data: np.ndarray, options: LoadOptions) -> tuple[AutoencoderAdapter, np.ndarray]:
+    """Meet the model with normal ``data``: shape the data to the model's input layout and settle the
+    model on a sample. Returns ``(finished adapter, data reshaped to its input shape)``."""
+    data, shape = shape_samples(data, input_layout(raw, data, options), "normal data")
+    card = describe(raw.program if raw.program is not None else raw.module, raw.format, raw.source)
+    dtype = next((p.dtype for p in raw.module.parameters() if p.is_floating_point()), torch.float32)
+    _check_range(data, dtype)
+    preprocess = raw.preprocess.to(_device(raw.module), dtype) if raw.preprocess is not None else None
+    if preprocess is not None:
+        card.preprocessing = preprocess.describe()
+    enc_path, dec_path, reason = _find_split(raw.module, options, raw.format)
+    card.notes.extend(raw.notes)
+    card.sha256, card.device, card.dtype = raw.sha256, str(_device(raw.module)), str(dtype).replace("torch.", "")
+    adapter = AutoencoderAdapter(module=raw.module, input_shape=tuple(shape), card=card, encoder_path=enc_path,
+                                 decoder_path=dec_path, preprocess=preprocess, split_reason=reason,
+                                 loss_kind=raw.loss_kind, checkpoint_extras=raw.extras)
+    return settle(adapter, torch.as_tensor(np.array(data[:2]))), data
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def _check_range(data: np.ndarray, dtype: torch.dtype) -> None:
+    """Data a float32 model would see as inf is an input error, not a model defect."""
+    if dtype == torch.float32 and np.issubdtype(data.dtype, np.floating) and np.finfo(data.dtype).max > FLOAT32_MAX:
+        peak = float(np.max(np.abs(data[: min(len(data), 100_000)])))
+        if peak > FLOAT32_MAX:
+            raise InputError(f"normal data holds values up to {peak:.3g}, beyond float32's range ({FLOAT32_MAX:.3g}) "
+                             "that the model computes in; rescale the data the way the model was trained")
+
+
+def open_model(source: str | Path | nn.Module | AutoencoderAdapter, data: np.ndarray,
+               options: LoadOptions) -> tuple[AutoencoderAdapter, np.ndarray]:
+    """The one entry point of the commands: a finished adapter for ``source`` and ``data`` shaped to
+    its input. An adapter passed in is already finished; only the data is shaped."""
+    if isinstance(source, AutoencoderAdapter):
+        data, _ = shape_samples(data, source.input_shape, "normal data")
+        return source, data
+    return bind(read_model(source, options), data, options)
+
+
+def load_model(source: str | Path | nn.Module, data: Any = None, options: LoadOptions | None = None, *,
+               data_key: str | None = None, **overrides: Any) -> AutoencoderAdapter:
+    """Load any supported autoencoder as a finished :class:`AutoencoderAdapter`.
+
+    ``source``: a path (TorchScript, ``.pt2``, a state_dict checkpoint with ``arch``, a pickled module
+    or PyOD detector with ``trust_checkpoint``) or an ``nn.Module``. ``data``: normal samples (a path
+    or an array) the model is settled on; without it, one zero sample of the input shape the model
+    declares (a first linear layer, an exported signature, or ``input_shape``). Keyword overrides set
+    :class:`LoadOptions` fields.
+    """
+    options = options or LoadOptions()
+    unknown = sorted(set(overrides) - LoadOptions.field_names())
+    if unknown:
+        raise InputError(f"load_model: unknown option(s) {', '.join(unknown)}")
+    if overrides:
+        options = LoadOptions(**{**options.__dict__, **overrides})
+    raw = read_model(source, options)
+    if data is None:
+        shape = options.input_shape or raw.input_hint or guess_input_shape(raw.module)
+        if shape is None:
+            raise InputError("load_model: the model declares no input shape; pass data= (normal samples) or input_shape=")
+        arr = np.zeros((2, *shape), dtype=np.float32)
+    else:
+        arr = load_data(data, key=data_key, what="normal data")
+    return bind(raw, arr, options)[0]

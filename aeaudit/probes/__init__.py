@@ -1,6 +1,8 @@
 """Checks and searches. One file per probe; this registry names them for ``--probes``."""
+
 from __future__ import annotations
 
+from ..effort import DEFAULT_EFFORT
 from ..errors import InputError
 from ..settings import constructor_kwargs
 from .affine import AffineCheck
@@ -20,17 +22,17 @@ PROBES: dict[str, type[Probe]] = {
     InputPGD.name: InputPGD,
     RandomSearch.name: RandomSearch,
 }
-DEFAULT_PROBES: tuple[str, ...] = ("pca-reference", "affine", "far-field", "grid", "pgd-latent", "pgd-input", "random")
+DEFAULT_PROBES: tuple[str, ...] = tuple(PROBES)
 
 
-def make_probe(name: str, settings: dict | None = None) -> Probe:
-    """Instantiate a registered probe. ``settings``: flat keys any probe may take and, under a
-    probe's name, a dict of its own, which wins (see :mod:`aeaudit.settings`)."""
+def make_probe(name: str, settings: dict | None = None, effort: str = DEFAULT_EFFORT) -> Probe:
+    """Instantiate a registered probe at ``effort`` (its preset), overridden by ``settings``: flat keys
+    any probe may take and, under a probe's name, a dict of its own, which wins (see :mod:`aeaudit.settings`)."""
     try:
         cls = PROBES[name]
     except KeyError:
         raise InputError(f"--probes: unknown probe {name!r}; choose from {', '.join(PROBES)}") from None
-    return cls(**constructor_kwargs(name, cls, settings, PROBES))
+    return cls(**{**cls.effort_presets.get(effort, {}), **constructor_kwargs(name, cls, settings, PROBES)})
 
 
 __all__ = ["DEFAULT_PROBES", "PROBES", "Objective", "Probe", "ProbeContext", "ProbeResult", "make_probe"]

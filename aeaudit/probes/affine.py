@@ -10,8 +10,12 @@ the offset can be absorbed — at the optimum ``b_dec = x̄`` (Appendix A.1).
 The check decides affinity numerically, extracts ``A`` and ``b``, takes the singular value
 decomposition of the residual map, and for every direction whose residual grows slowly enough
 builds points outward from a hull point (Theorem 2), computes in closed form how far the loss
-stays below ``τ_min`` and ``τ_op``, and re-measures those points and a loss-vs-distance series in
-float64. The result is one ``certificate`` finding for the blind subspace.
+stays below ``τ_min`` and ``τ_op`` (the *extrapolated* reach), and re-measures those points and a
+loss-vs-distance series in float64 (the *measured* reach: the farthest verified point below τ_op).
+A direction is called *unbounded* only when its residual slope is zero to the float64 precision of
+the measurement (``unbounded_tolerance``), so that no finite reach can be told from the numbers;
+a slope of a few float32 ulps is a finite reach, however far. The result is one ``certificate``
+finding for the blind subspace.
 """
 from __future__ import annotations
 
@@ -21,24 +25,17 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from ..findings import SEVERITY_RANK
-from .analytic import (CERTIFY_FROM_RATIO, EXAMPLE_RATIO, affinity_test, box_exit, certificate, dtype_eps,
-                       extreme_rows, feature_scale, fit_pca, flat, float64_verifier, growth_exponent, inside,
-                       loss_from_sq, ratio_grid, reference_flat, round_list, sq_threshold, start_shift_limit, unflat)
-from .base import Probe, ProbeContext, ProbeResult
+from dataclasses import dataclass
+from typing import ClassVar
 
-UNBOUNDED_TOLERANCE = 16.0  # |1 − λ| ≤ 16·sqrt(n)·eps(model dtype)·||A||: equal to 1 to the model's precision
-
-
-def _reach(a: np.ndarray, lin: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Largest ``t ≥ 0`` with ``a t² + lin t + c ≤ 0`` when ``c ≤ 0`` (NaN when ``c > 0``);
-    the numerically stable root, ``inf`` for ``a = lin = 0``."""
-    disc = np.sqrt(np.maximum(lin * lin - 4 * a * c, 0.0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.where(lin >= 0, np.where(lin + disc > 0, -2 * c / (lin + disc), np.inf), (disc - lin) / (2 * a))
-    return np.where(c > 0, np.nan, np.where(np.isnan(t), np.inf, t))
+from ..verdict import SEVERITY_RANK
+from .analytic import (CERTIFY_FROM_RATIO, EXAMPLE_RATIO, affinity_test, box_exit, certificate, extreme_rows,
+                       feature_scale, fit_pca, flat, float64_verifier, growth_exponent, inside, quadratic_reach,
+                       ratio_grid, normal_flat, round_list, slope_tolerance, start_shift_limit, unflat)
+from .base import Probe, ProbeContext, ProbeResult, check_counts
 
 
+@dataclass(eq=False)
 class AffineCheck(Probe):
     """Certificate of the blind subspace of an affine (linear) autoencoder.
 
@@ -49,17 +46,17 @@ class AffineCheck(Probe):
         per_decade: points per decade of the loss-vs-distance series (0.1·s … 10⁶·s).
     """
 
-    name = "affine"
-    kind = "analytic"
-    budget_weight = 0.1
-    supports_objective = False
+    name: ClassVar[str] = "affine"
+    kind: ClassVar[str] = "analytic"
+    supports_objective: ClassVar[bool] = False
 
-    def __init__(self, max_features: int = 2048, affine_trials: int = 16, max_directions: int = 16,
-                 per_decade: int = 4):
-        self.max_features = max_features
-        self.affine_trials = affine_trials
-        self.max_directions = max_directions
-        self.per_decade = per_decade
+    max_features: int = 2048
+    affine_trials: int = 16
+    max_directions: int = 16
+    per_decade: int = 4
+
+    def __post_init__(self) -> None:
+        check_counts(self, "max_features", "affine_trials", "max_directions", "per_decade")
 
     def _run(self, ctx: ProbeContext) -> ProbeResult:
         b, n = ctx.baseline, ctx.adapter.n_features
@@ -68,7 +65,7 @@ class AffineCheck(Probe):
                 f"{n} input features > max_features {self.max_features}: dense Jacobian too large"))
         verifier = float64_verifier(ctx)
         model = verifier.adapter
-        ref = reference_flat(ctx)
+        ref = normal_flat(ctx)
         affine, dev, tol, evals = affinity_test(model, ref, b.scale, ctx.generator(salt=301), self.affine_trials)
         artifacts = {"affine": affine, "max_relative_deviation": dev, "tolerance": tol}
         if not affine:
@@ -103,7 +100,8 @@ class AffineCheck(Probe):
         b, adapter = ctx.baseline, ctx.adapter
         n = A.shape[0]
         D = feature_scale(verifier.adapter, n).numpy()
-        tol_unb = UNBOUNDED_TOLERANCE * math.sqrt(n) * dtype_eps(adapter.dtype) * max(1.0, float(np.linalg.norm(A, 2)))
+        gain = max(float(np.linalg.norm(A, 2)), float(np.linalg.norm(ref.mean(dim=0).numpy())) / b.scale)
+        tol_unb = slope_tolerance(n, verifier.dtype, gain)
         eig = np.linalg.eigvals(A)
         rays = _closed_form(b, adapter, ref.numpy(), (np.eye(n) - A) / D[:, None], -bias / D)
         summary: dict = {"residual_slopes_smallest": round_list(rays["S"][::-1][:16]), "unbounded_tolerance": tol_unb}
@@ -117,7 +115,7 @@ class AffineCheck(Probe):
             "eigenvalues_near_1": _near_one(eig, len(blind)),
             "principal_angles_to_pca_deg": self._angles(ctx, ref, D, rays["V"][blind].numpy().T),
             "pca_components": _pca_size(adapter, len(blind)),
-            "offset_condition": bool(loss_from_sq(adapter, rays["floor"][blind].min()) <= b.tau_min),
+            "offset_condition": bool(adapter.loss_from_sq(rays["floor"][blind].min()) <= b.tau_min),
         })
         shown = blind[: self.max_directions]
         loss, dist, nn_idx, rec, pts, rows, ts, tags = self._measure(b, adapter, verifier, rays, shown, tol_unb)
@@ -141,8 +139,9 @@ class AffineCheck(Probe):
         if b.domain.bounded:
             details["domain"] = f"bounded {b.domain.reason}: rays end at the box edge, no unbounded claim"
         x = pts[j].reshape(adapter.input_shape).numpy()
-        finding = certificate(b, self.name, sev, loss[j], dist[j], nn_idx[j], x, rec[j], details)
-        reach = "unbounded" if primary["unbounded"] else f"out to {primary['blind_distance_ratio']:.3g}·s"
+        finding = certificate(verifier, self.name, sev, loss[j], dist[j], nn_idx[j], x, rec[j], details)
+        reach = ("unbounded (slope zero to float64 precision)" if primary["unbounded"] else
+                 f"verified out to {primary['blind_distance_ratio']:.3g}·s" + _extrapolated(primary))
         summary["reason"] = f"affine; blind subspace of dimension {len(blind)}, {reach}"
         return finding, summary, len(pts)
 
@@ -195,7 +194,7 @@ def _closed_form(b, adapter, ref: np.ndarray, R: np.ndarray, r0: np.ndarray) -> 
     reach (or box edge) is beyond δ are *blind*, best first, one sign per direction.
     """
     U, S, Vt = np.linalg.svd(R)
-    q_op, q_min = sq_threshold(adapter, b.tau_op), sq_threshold(adapter, b.tau_min)
+    q_op, q_min = adapter.sq_threshold(b.tau_op), adapter.sq_threshold(b.tau_min)
     # necessary for reaching δ below τ_op: t ≤ (|r'·u| + sqrt(q)) / σ ≤ 2 sqrt(q) / σ
     slow = np.flatnonzero(S * b.min_distance <= 2 * math.sqrt(q_op))
     k = len(slow)
@@ -214,7 +213,7 @@ def _closed_form(b, adapter, ref: np.ndarray, R: np.ndarray, r0: np.ndarray) -> 
     rb = base @ R.T + r0
     floor = (rb * rb).sum(axis=1)
     lin = 2 * sig * (rb * Ul).sum(axis=1)
-    t_op, t_min = (_reach(sig**2, lin, floor - q) for q in (q_op, q_min))
+    t_op, t_min = (quadratic_reach(sig**2, lin, floor - q) for q in (q_op, q_min))
     V_t = torch.from_numpy(V)
     t_edge = box_exit(torch.from_numpy(base), V_t, b.domain).numpy()
     reach = np.fmin(np.nan_to_num(t_op, nan=-1.0), t_edge)
@@ -238,9 +237,11 @@ def _direction_summary(b, adapter, rays: dict, i: int, tol_unb: float, sel: np.n
     blind = float(dist[low].max()) if low.any() else 0.0
     info = {
         "unbounded": unbounded,
+        "unbounded_basis": (f"residual slope {rays['sigma'][i]:.3g} ≤ float64 measurement tolerance {tol_unb:.3g}"
+                            if unbounded else ""),
         "within_tau_min": bool(unbounded and (loss[far] <= b.tau_min).all()),
         "residual_slope": float(rays["sigma"][i]),
-        "offset_loss": float(loss_from_sq(adapter, rays["floor"][i])),
+        "offset_loss": float(adapter.loss_from_sq(rays["floor"][i])),
         "blind_distance": blind,
         "blind_distance_ratio": blind / b.scale,
         "blind_distance_tau_op": t_op,
@@ -269,6 +270,14 @@ def _approach(t: float, edge: float) -> float:
 
 def _finite(t: float) -> float | None:
     return None if np.isnan(t) else float(t)
+
+
+def _extrapolated(info: dict) -> str:
+    """The closed-form reach below τ_op, when it lies beyond what was measured."""
+    ratio = info.get("blind_distance_tau_op_ratio")
+    if ratio is None or ratio <= info.get("blind_distance_ratio", 0.0):
+        return ""
+    return f" (extrapolated from the slope: {ratio:.3g}·s)" if math.isfinite(ratio) else ""
 
 
 def _near_one(eig: np.ndarray, k: int) -> list:

@@ -36,17 +36,28 @@ def float64_verifier(ctx: ProbeContext) -> Verifier:
     return ctx.verifier if ctx.verifier is not None else Verifier(ctx.adapter, ctx.baseline)
 
 
+SLOPE_TOLERANCE = 16.0
+
+
 def dtype_eps(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps)
 
 
-def sq_threshold(adapter: AutoencoderAdapter, tau: float) -> float:
-    """The bound on ``||r||²`` that corresponds to ``loss ≤ tau``."""
-    return tau * tau if adapter.loss_kind == "pyod" else tau * adapter.n_features
+def slope_tolerance(n: int, dtype: torch.dtype, gain: float) -> float:
+    """The rounding error of a residual slope measured in ``dtype`` on a map of size ``gain``:
+    ``16·sqrt(n)·eps·max(1, gain)``. A slope below it cannot be told from zero; one above it is a
+    finite reach, however far (a gain of 1 + a few float32 ulps crosses τ_op eventually)."""
+    return SLOPE_TOLERANCE * math.sqrt(n) * dtype_eps(dtype) * max(1.0, gain)
 
 
-def loss_from_sq(adapter: AutoencoderAdapter, sq: np.ndarray | float) -> np.ndarray | float:
-    return np.sqrt(sq) if adapter.loss_kind == "pyod" else np.asarray(sq) / adapter.n_features
+def quadratic_reach(a: np.ndarray, lin: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Largest ``t ≥ 0`` with ``a t² + lin t + c ≤ 0`` when ``c ≤ 0`` (NaN when ``c > 0``): how far
+    ``||r0 + t·g||² = c' + lin·t + a·t²`` stays below a threshold. The numerically stable root,
+    ``inf`` for ``a = lin = 0``."""
+    disc = np.sqrt(np.maximum(lin * lin - 4 * a * c, 0.0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(lin >= 0, np.where(lin + disc > 0, -2 * c / (lin + disc), np.inf), (disc - lin) / (2 * a))
+    return np.where(c > 0, np.nan, np.where(np.isnan(t), np.inf, t))
 
 
 def flat(x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +70,7 @@ def unflat(adapter: AutoencoderAdapter, x: torch.Tensor) -> torch.Tensor:
 
 def model_residual(adapter: AutoencoderAdapter, x: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
     """``r`` from a data-space batch and its data-space reconstruction, flattened ``[N, n]``."""
-    return flat(adapter._to_model_space(x) - adapter._to_model_space(rec))
+    return flat(adapter.to_model_space(x) - adapter.to_model_space(rec))
 
 
 def feature_scale(adapter: AutoencoderAdapter, n: int) -> torch.Tensor:
@@ -70,8 +81,10 @@ def feature_scale(adapter: AutoencoderAdapter, n: int) -> torch.Tensor:
     return torch.broadcast_to(d.reshape(-1) if d.numel() > 1 else d, (n,)).clone()
 
 
-def reference_flat(ctx: ProbeContext) -> torch.Tensor:
-    return flat(ctx.baseline.reference.detach()).to("cpu", torch.float64)
+def normal_flat(ctx: ProbeContext) -> torch.Tensor:
+    """All normal data (reference and held-out), flattened, float64 on the CPU: the points every
+    distance is measured against, so hull points and levels come from the same set."""
+    return flat(ctx.baseline.normal.detach()).to("cpu", torch.float64)
 
 
 @dataclass
@@ -194,14 +207,15 @@ def affinity_test(adapter: AutoencoderAdapter, reference: torch.Tensor, scale: f
     return bool(math.isfinite(rel) and rel <= tol), rel, tol, int(pts.shape[0])
 
 
-def certificate(b: Baseline, probe: str, severity: str, loss: float, distance: float, nearest: int,
+def certificate(verifier: Verifier, probe: str, severity: str, loss: float, distance: float, nearest: int,
                 x: np.ndarray, reconstruction: np.ndarray, details: dict) -> Finding:
-    """A verified ``certificate`` finding from float64 measurements (``nearest``: row of the reference set)."""
+    """A verified ``certificate`` finding from float64 measurements (``nearest``: the verifier's index
+    of the nearest normal sample)."""
+    b = verifier.baseline
     return Finding(
         kind="certificate", probe=probe, severity=severity, loss=float(loss), loss_ratio=float(loss / b.tau_op),
         loss_ratio_min=float(loss / b.tau_min) if b.tau_min > 0 else math.inf, distance=float(distance),
-        distance_ratio=float(distance / b.scale), verified=True,
-        nearest_index=int(b.reference_indices[nearest]) if b.reference_indices is not None else int(nearest),
+        distance_ratio=float(distance / b.scale), verified=True, nearest_index=verifier.data_row(int(nearest)),
         x=x, reconstruction=reconstruction, details=details,
     )
 

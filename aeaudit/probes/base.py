@@ -1,23 +1,29 @@
 """The shared base of every check and search (one subclass per file, as in torchattacks).
 
-A probe stores its settings in ``__init__`` and does its work in ``run(ctx)``. Search probes
-return :class:`~aeaudit.findings.Candidates`, which the audit screens and re-verifies in
-float64; analytic probes build and verify their own certificate findings. What a probe
-needs from the audit comes in one :class:`ProbeContext`.
+A probe is a dataclass: its fields are its settings (``__repr__`` and :meth:`Probe.params` record
+them), its ``effort_presets`` translate ``--effort`` into those settings, and ``run(ctx)`` does the
+work. Search probes return :class:`~aeaudit.findings.Candidates`, which the audit screens and
+re-verifies in float64; analytic probes build and verify their own certificate findings. What a
+probe needs from the audit comes in one :class:`ProbeContext`.
+
+The amount of work is fixed by the settings alone. ``ctx.stop`` (the time limit, or a signal) may
+end it early; a probe asks it between batches and then reports status ``incomplete``.
 """
+
 from __future__ import annotations
 
-import inspect
-from abc import ABC, abstractmethod
 import logging
+import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from ..baseline import Baseline
-from ..budget import Budget
+from ..effort import NEVER, Stop
+from ..errors import InputError
 from ..findings import Candidates, Finding, Verifier, evaluate_score
 from ..model.adapter import AutoencoderAdapter
 from ..progress import SILENT, Reporter
@@ -43,17 +49,15 @@ class Objective:
         return evaluate_score(self.score, x, batch_size)
 
 
-
 @dataclass
 class ProbeContext:
     adapter: AutoencoderAdapter
     baseline: Baseline
     objective: Objective
-    budget: Budget
+    stop: Stop = NEVER
     seed: int = 0
     reporter: Reporter = SILENT
     verifier: Verifier | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
 
     def generator(self, salt: int = 0) -> torch.Generator:
         """A seeded generator on the CPU (draw there, then move: identical across devices)."""
@@ -64,7 +68,7 @@ class ProbeContext:
 
 @dataclass
 class ProbeResult:
-    """What one probe did. ``status``: ``complete``, ``incomplete`` (budget), ``skipped``, ``error``."""
+    """What one probe did. ``status``: ``complete``, ``incomplete`` (stopped early), ``skipped``, ``error``."""
 
     probe: str
     kind: str
@@ -76,29 +80,36 @@ class ProbeResult:
     seconds: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Any] = field(default_factory=dict)
+    details: str = ""  # the full text of an error (a traceback stays under --debug)
+
+    def stopped(self, reason: str) -> ProbeResult:
+        """Mark the result cut short by ``reason`` (keeps a more specific reason already given)."""
+        self.status = "incomplete"
+        self.reason = self.reason or reason
+        return self
 
     def summary(self) -> dict[str, Any]:
-        return {"probe": self.probe, "kind": self.kind, "status": self.status, "reason": self.reason,
-                "evaluations": self.evaluations, "seconds": round(self.seconds, 3), "params": self.params,
-                "candidates": len(self.candidates) if self.candidates is not None else 0}
+        out = {"probe": self.probe, "kind": self.kind, "status": self.status, "reason": self.reason,
+               "evaluations": self.evaluations, "seconds": round(self.seconds, 3), "params": self.params,
+               "candidates": len(self.candidates) if self.candidates is not None else 0}
+        if self.details:
+            out["details"] = self.details
+        return out
 
 
+@dataclass(eq=False)
 class Probe(ABC):
-    """Base class. Subclasses set ``name``, ``kind`` (``"search"`` or ``"analytic"``),
-    ``needs_latent`` and ``budget_weight`` (its share of the scan budget), and implement ``_run``."""
+    """Base class. Subclasses are dataclasses (their fields are their settings); they set ``name``,
+    ``kind`` (``"search"`` or ``"analytic"``), ``needs_latent`` and ``effort_presets``, and implement ``_run``."""
 
-    name: str = "probe"
-    kind: str = "search"
-    needs_latent: bool = False
-    budget_weight: float = 1.0
-    supports_objective: bool = True  # False: only meaningful for the reconstruction loss
+    name: ClassVar[str] = "probe"
+    kind: ClassVar[str] = "search"
+    needs_latent: ClassVar[bool] = False
+    supports_objective: ClassVar[bool] = True  # False: only meaningful for the reconstruction loss
+    effort_presets: ClassVar[dict[str, dict[str, Any]]] = {}  # --effort → settings (standard = the defaults)
 
     def params(self) -> dict[str, Any]:
-        sig = inspect.signature(type(self).__init__)
-        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.params().items())})"
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def skip_reason(self, ctx: ProbeContext) -> str | None:
         if self.needs_latent and not ctx.adapter.has_latent:
@@ -115,10 +126,27 @@ class Probe(ABC):
         result = self._run(ctx)
         result.seconds = time.perf_counter() - start
         result.params = self.params()
-        if ctx.budget.expired() and result.status == "complete" and result.reason == "":
-            result.status, result.reason = "incomplete", "stopped by the time budget"
         return result
 
     @abstractmethod
     def _run(self, ctx: ProbeContext) -> ProbeResult:
         """Do the work; return candidates and/or verified findings."""
+
+
+def require(ok: bool, probe: str, message: str) -> None:
+    """A setting check: ``InputError`` naming the probe when ``ok`` is false."""
+    if not ok:
+        raise InputError(f"{probe}: {message}")
+
+
+def check_counts(probe: Probe, *names: str, minimum: int = 1) -> None:
+    for name in names:
+        value = getattr(probe, name)
+        require(isinstance(value, int) and value >= minimum, probe.name, f"{name} = {value!r} must be an integer ≥ {minimum}")
+
+
+def check_positive(probe: Probe, *names: str) -> None:
+    for name in names:
+        value = getattr(probe, name)
+        ok = isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+        require(ok, probe.name, f"{name} = {value!r} must be a finite number > 0")

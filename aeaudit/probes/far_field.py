@@ -10,10 +10,13 @@ found by minimising ``||(A_u − I) u||`` over the unit sphere. Each starts from
 shifted along the ray to the level of the data point farthest along it (in a bounded domain:
 at the mean), and is measured at distances ``0.1·s … 10⁶·s`` in one float64 batch. It detects where each ray's
 reconstruction becomes affine (consecutive points collinear), fits the growth exponent of the
-loss over the last two decades, and certifies a ray *unbounded blind* only when its loss stays
-≤ ``τ_op`` at every checked point from ``10·s`` on. Networks with smooth activations get the
-same measurements as evidence, without a certificate; their low-loss points go to the audit
-as ordinary candidates.
+loss over the last two decades, and reports each ray's *measured* reach (the farthest checked
+point with loss ≤ ``τ_op``) and its *extrapolated* reach (where the far-field affine residual
+``r(t) = r_last + (t − t_last)·g`` would cross ``τ_op``). A ray is called *unbounded blind* only when
+its reconstruction is affine over the last two decades, its residual slope ``||g||`` is zero to the
+float64 precision of the measurement, and its loss stays ≤ ``τ_op`` at every checked point from
+``10·s`` on. Networks with smooth activations get the same measurements as evidence, without a
+certificate; their low-loss points go to the audit as ordinary candidates.
 """
 from __future__ import annotations
 
@@ -22,12 +25,16 @@ import math
 import numpy as np
 import torch
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 from ..findings import Candidates, Finding
 from ..model.inventory import SMOOTH_ACTIVATIONS
 from .analytic import (CERTIFY_FROM_RATIO, EXAMPLE_RATIO, affinity_test, box_exit, certificate, dtype_eps,
                        feature_scale, fit_pca, flat, float64_verifier, growth_exponent, model_residual,
-                       ratio_grid, reference_flat, round_list, start_shift_limit, unflat)
-from .base import Probe, ProbeContext, ProbeResult
+                       quadratic_reach, ratio_grid, normal_flat, round_list, slope_tolerance, start_shift_limit,
+                       unflat)
+from .base import Probe, ProbeContext, ProbeResult, check_counts, check_positive
 
 SPHERE_RATIO = 1e4  # the sphere objective is measured 10⁴·s out, beyond where units still switch
 STABLE_DECADES = 2.0  # a ray is in its far field when its last two decades are affine
@@ -41,6 +48,7 @@ def smooth_ops(card) -> list[str]:
     return sorted((set(card.layers) | set(card.activations)) & SMOOTH_ACTIVATIONS)
 
 
+@dataclass(eq=False)
 class FarField(Probe):
     """Far-field rays of piecewise-linear networks; growth evidence for smooth ones.
 
@@ -57,30 +65,36 @@ class FarField(Probe):
             exact ``n × n`` local Jacobian in float64.
     """
 
-    name = "far-field"
-    kind = "analytic"
-    budget_weight = 0.1
-    supports_objective = False
+    name: ClassVar[str] = "far-field"
+    kind: ClassVar[str] = "analytic"
+    supports_objective: ClassVar[bool] = False
+    effort_presets: ClassVar[dict] = {
+        "quick": {"random_rays": 16, "sphere_starts": 32, "sphere_steps": 100},
+        "thorough": {"random_rays": 64, "sphere_starts": 128, "sphere_steps": 300, "optimised_rays": 16},
+    }
 
-    def __init__(self, random_rays: int = 32, pca_rays: int = 4, optimised_rays: int = 8, sphere_starts: int = 64,
-                 sphere_steps: int = 150, sphere_lr: float = 0.05, per_decade: int = 4, max_ratio: float = 1e6,
-                 affine_trials: int = 16, max_certificates: int = 8, max_features: int = 2048):
-        self.random_rays = random_rays
-        self.pca_rays = pca_rays
-        self.optimised_rays = optimised_rays
-        self.sphere_starts = sphere_starts
-        self.sphere_steps = sphere_steps
-        self.sphere_lr = sphere_lr
-        self.per_decade = per_decade
-        self.max_ratio = max_ratio
-        self.affine_trials = affine_trials
-        self.max_certificates = max_certificates
-        self.max_features = max_features
+    random_rays: int = 32
+    pca_rays: int = 4
+    optimised_rays: int = 8
+    sphere_starts: int = 64
+    sphere_steps: int = 150
+    sphere_lr: float = 0.05
+    per_decade: int = 4
+    max_ratio: float = 1e6
+    affine_trials: int = 16
+    max_certificates: int = 8
+    max_features: int = 2048
+
+    def __post_init__(self) -> None:
+        check_counts(self, "random_rays", "pca_rays", "optimised_rays", "sphere_starts", "sphere_steps", minimum=0)
+        check_counts(self, "per_decade", "affine_trials", "max_certificates", "max_features")
+        check_positive(self, "sphere_lr")
+        check_positive(self, "max_ratio")
 
     def _run(self, ctx: ProbeContext) -> ProbeResult:
         b, adapter = ctx.baseline, ctx.adapter
         verifier = float64_verifier(ctx)
-        ref = reference_flat(ctx)
+        ref = normal_flat(ctx)
         affine, _, _, evals = affinity_test(verifier.adapter, ref, b.scale, ctx.generator(salt=401), self.affine_trials)
         if affine:
             return ProbeResult(self.name, self.kind, status="skipped", evaluations=evals,
@@ -96,14 +110,16 @@ class FarField(Probe):
             origins = x0 + shifts + (0.0 if b.domain.bounded else level[:, None]) * dirs
             rays = self._measure(ctx, verifier, origins, dirs)
             bar.advance(1)
+        stopped = stopped or rays["stopped"]
         evals += opt_evals + rays["evaluations"]
         summaries = self._summarise(ctx, rays, sources, objective, certifiable=not smooth)
-        findings, candidates = [], None
+        findings = [] if smooth else self._certificates(ctx, rays, summaries, dirs, origins)
+        # measured points go to the audit as candidates: low and far ones of a smooth network (no
+        # certificate applies there), and every point whose loss came out NaN or inf
+        pick = rays["valid"] & ~np.isfinite(rays["loss"])
         if smooth:
-            low = (rays["loss"] <= b.tau_op) & (rays["dist"] >= b.min_distance)
-            candidates = Candidates(x=unflat(adapter, self._points(origins, dirs, rays, low)), probe=self.name)
-        else:
-            findings = self._certificates(ctx, rays, summaries, dirs, origins)
+            pick |= (rays["loss"] <= b.tau_op) & (rays["dist"] >= b.candidate_distance)
+        candidates = Candidates(x=unflat(adapter, self._points(origins, dirs, rays, pick)), probe=self.name)
         exps = [r["growth_exponent"] for r in summaries if r["growth_exponent"] is not None]
         med = f"median growth exponent {np.median(exps):.2f}" if exps else "no growth exponent (bounded domain)"
         if smooth:
@@ -121,14 +137,14 @@ class FarField(Probe):
             notes.append(f"bounded domain {b.domain.reason}: rays stop at the box edge, so no ray can be unbounded "
                          "and no far field is reached; losses are reported up to the edge")
         if stopped:
-            notes.append("sphere optimisation stopped by the time budget")
+            notes.append(f"cut short ({stopped}): some directions were not refined or measured")
         artifacts = {
             "certificates_apply": not smooth, "smooth_ops": smooth, "domain_bounded": b.domain.bounded, "notes": notes,
             "ratios": round_list(rays["ratios"]), "summary": _source_summary(summaries), "rays": summaries,
         }
-        return ProbeResult(self.name, self.kind, status="incomplete" if stopped else "complete",
-                           reason="; ".join([reason, *notes]), findings=findings, candidates=candidates,
-                           evaluations=evals, artifacts=artifacts)
+        result = ProbeResult(self.name, self.kind, reason="; ".join([reason, *notes]), findings=findings,
+                             candidates=candidates, evaluations=evals, artifacts=artifacts)
+        return result.stopped(stopped) if stopped else result
 
     # ------------------------------------------------------------------ directions
     def _directions(self, ctx: ProbeContext, ref: torch.Tensor, x0: torch.Tensor, bar):
@@ -145,13 +161,13 @@ class FarField(Probe):
         parts = [rand, pcs, -pcs]
         sources = ["random"] * len(rand) + ["pca"] * (2 * len(pcs))
         objective = [None] * len(sources)
-        evals, stopped = 0, False
+        evals, stopped = 0, None
         shifts = [torch.zeros(len(sources), n, dtype=torch.float64)]
         if not b.domain.bounded and self.optimised_rays > 0 and self.sphere_starts > 0:
             opt, values, evals, stopped = self._optimise(ctx, x0, bar)
             shift = torch.zeros_like(opt)
-            if n <= self.max_features:
-                opt, shift, jac_evals = self._refine(ctx, ref, x0, opt)
+            if n <= self.max_features and not stopped:
+                opt, shift, jac_evals, stopped = self._refine(ctx, ref, x0, opt)
                 evals += jac_evals
             parts.append(opt)
             shifts.append(shift)
@@ -173,10 +189,9 @@ class FarField(Probe):
         m1, m2 = torch.zeros_like(w), torch.zeros_like(w)  # Adam moments (β = 0.9, 0.999)
         best_j = torch.full((self.sphere_starts,), math.inf, dtype=torch.float64)
         best_u = w.detach().double().cpu().clone()
-        evals, stopped = 0, False
+        evals, stopped = 0, None
         for step in range(1, self.sphere_steps + 2):
-            if ctx.budget.expired():
-                stopped = True
+            if (stopped := ctx.stop.reason()) is not None:
                 break
             u = w / w.norm(dim=1, keepdim=True)
             xm, rec = adapter.reconstruct_model_space(unflat(adapter, origin + T * u))
@@ -204,7 +219,7 @@ class FarField(Probe):
         return best_u[kept], [float(best_j[i]) for i in kept], evals, stopped
 
     def _refine(self, ctx: ProbeContext, ref: torch.Tensor, x0: torch.Tensor,
-                dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+                dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, str | None]:
         """Sharpen each optimised direction in float64: take the exact local map ``A`` (Jacobian)
         10⁴·s out along it and move to the direction that ``A`` maps closest onto itself (the
         smallest right singular vector of ``(I − A)``, per feature in the model's input space),
@@ -212,7 +227,8 @@ class FarField(Probe):
 
         Then, as the affine check does with the offset, find a shift of the ray's start
         (orthogonal to the ray, at most the data's radius per singular direction) that makes the far-field
-        residual ``(I − A) x − c`` smallest. Returns ``(directions, shifts, evaluations)``."""
+        residual ``(I − A) x − c`` smallest. Returns ``(directions, shifts, evaluations, why it stopped
+        early or None)``; a direction left unrefined keeps its optimised value and no shift."""
         model = float64_verifier(ctx).adapter
         n = x0.numel()
         T = SPHERE_RATIO * ctx.baseline.scale
@@ -225,6 +241,8 @@ class FarField(Probe):
         out, shifts, evals = dirs.clone(), torch.zeros_like(dirs), 0
         limit = start_shift_limit(ctx.baseline, ref)
         for i in range(len(dirs)):
+            if (stopped := ctx.stop.reason()) is not None:
+                return out, shifts, evals, stopped
             u = dirs[i]
             for _ in range(REFINE_ROUNDS):
                 A = torch.autograd.functional.jacobian(f, x0 + T * u, vectorize=True)
@@ -244,7 +262,7 @@ class FarField(Probe):
             U, S, Vh = torch.linalg.svd(M @ (eye - torch.outer(u, u)))
             coef = (U.T @ (M @ start - c / D[:, 0])) / torch.where(S > 0, S, torch.inf)
             out[i], shifts[i] = u, -(coef * (coef.abs() <= limit)) @ Vh
-        return out, shifts, evals
+        return out, shifts, evals, None
 
     # ------------------------------------------------------------------ measurement
     def _measure(self, ctx: ProbeContext, verifier, origins: torch.Tensor, dirs: torch.Tensor) -> dict:
@@ -265,10 +283,15 @@ class FarField(Probe):
         out = {"ratios": ratios, "t": np.where(valid, t, np.nan), "valid": valid, "evaluations": int(valid.sum())}
         for key in ("loss", "dist", "nn"):
             out[key] = np.full((R, K), np.nan)
-        out["stable_from"], out["slope"] = [None] * R, [None] * R
+        out["stable_from"], out["slope"], out["stopped"] = [None] * R, [None] * R, None
+        out["extrapolated"], out["slope_tolerance"] = [None] * R, [None] * R
         group = max(1, RAY_CHUNK_ELEMENTS // (K * n))
         u, o = dirs.numpy(), origins.numpy()
+        q_op = adapter.sq_threshold(b.tau_op)
         for g0 in range(0, R, group):
+            if (stopped := ctx.stop.reason()) is not None:
+                out["stopped"] = stopped
+                break
             g1 = min(R, g0 + group)
             rows, cols = np.nonzero(valid[g0:g1])
             x = o[g0 + rows] + t[g0 + rows, cols][:, None] * u[g0 + rows]
@@ -280,9 +303,18 @@ class FarField(Probe):
             recs = flat(torch.from_numpy(rec)).numpy().reshape(g1 - g0, K, n)
             xs = x.reshape(g1 - g0, K, n)
             out["stable_from"][g0:g1] = _stable_from(t[g0:g1], recs, xs, dtype_eps(verifier.dtype))
-            d_res = model_residual(verifier.adapter, torch.from_numpy(xs[:, -1] - xs[:, -2]).to(verifier.dtype),
-                                   torch.from_numpy(recs[:, -1] - recs[:, -2]).to(verifier.dtype)).double()
-            out["slope"][g0:g1] = (d_res.norm(dim=1).numpy() / (t[g0:g1, -1] - t[g0:g1, -2])).tolist()
+            step = t[g0:g1, -1] - t[g0:g1, -2]
+            as_model = lambda a: torch.from_numpy(a).to(verifier.dtype)  # noqa: E731
+            g = (model_residual(verifier.adapter, as_model(xs[:, -1] - xs[:, -2]), as_model(recs[:, -1] - recs[:, -2]))
+                 .double().numpy() / step[:, None])
+            r_last = model_residual(verifier.adapter, as_model(xs[:, -1]), as_model(recs[:, -1])).double().numpy()
+            slope = np.linalg.norm(g, axis=1)
+            out["slope"][g0:g1] = slope.tolist()
+            # where the far-field residual r_last + τ·g would cross τ_op (NaN: already above it at t_last)
+            beyond = quadratic_reach(slope**2, 2 * (r_last * g).sum(axis=1), (r_last * r_last).sum(axis=1) - q_op)
+            out["extrapolated"][g0:g1] = (t[g0:g1, -1] + beyond).tolist()
+            gain = np.linalg.norm(recs[:, -1], axis=1) / t[g0:g1, -1]
+            out["slope_tolerance"][g0:g1] = [slope_tolerance(n, verifier.dtype, float(v)) for v in gain]
         return out
 
     @staticmethod
@@ -304,14 +336,19 @@ class FarField(Probe):
             ti, li, di = t[i, ok], loss[i, ok], dist[i, ok]
             far = ti >= CERTIFY_FROM_RATIO * b.scale
             stable = (not b.domain.bounded) and stable_from[i] is not None
-            unbounded = bool(certifiable and stable and far.any() and (li[far] <= b.tau_op).all())
+            flat_slope = rays["slope"][i] is not None and rays["slope"][i] <= rays["slope_tolerance"][i]
+            unbounded = bool(certifiable and stable and flat_slope and far.any() and (li[far] <= b.tau_op).all())
             low = li <= b.tau_op
             blind = float(di[low].max()) if low.any() else 0.0
+            extrapolated = rays["extrapolated"][i]
             summaries.append({
                 "source": sources[i],
                 "sphere_objective": objective[i],
                 "stable_from_ratio": stable_from[i] / b.scale if stable_from[i] is not None else None,
                 "far_field_slope": rays["slope"][i],
+                "slope_tolerance": rays["slope_tolerance"][i],
+                "extrapolated_reach_ratio": (extrapolated / b.scale if stable and certifiable and extrapolated is not None
+                                             and math.isfinite(extrapolated) and not unbounded else None),
                 "growth_exponent": None if b.domain.bounded else growth_exponent(ti, li, b.tau_op),
                 "unbounded": unbounded,
                 "within_tau_min": bool(unbounded and (li[far] <= b.tau_min).all()),
@@ -350,8 +387,11 @@ class FarField(Probe):
             _, _, _, rec = float64_verifier(ctx).measure(unflat(adapter, x[None]))
             nn = int(rays["nn"][i, j])
             details = {k: s[k] for k in ("unbounded", "within_tau_min", "blind_distance", "blind_distance_ratio",
-                                         "growth_exponent", "far_field_slope", "stable_from_ratio", "source", "series")}
-            findings.append(certificate(b, self.name, sev, loss[j], dist[j], nn, x.reshape(adapter.input_shape).numpy(),
+                                         "extrapolated_reach_ratio", "growth_exponent", "far_field_slope",
+                                         "slope_tolerance", "stable_from_ratio", "source", "series")}
+            details["ray"] = {"origin": round_list(origins[i], 9), "direction": round_list(dirs[i], 9)}
+            findings.append(certificate(float64_verifier(ctx), self.name, sev, loss[j], dist[j], nn,
+                                        x.reshape(adapter.input_shape).numpy(),
                                         rec[0], details))
             if len(findings) == self.max_certificates:
                 break

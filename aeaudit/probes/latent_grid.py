@@ -10,24 +10,22 @@ whose decode scores low and lies far from every normal sample is a candidate bli
 * ``d ≥ 3``: for the map, a 2-D slice through the normal latents' mean along their two main
   principal directions, evaluated first.
 
-Grid points run coarse to fine, so a budget stop leaves an evenly thinned map, not half of one.
+Grid points run coarse to fine, so a scan stopped early leaves an evenly thinned map, not half of one.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from scipy.stats import qmc
 
-from ..findings import PREFILTER_DISTANCE_SLACK, PREFILTER_LOSS_SLACK, Candidates
-from .base import Probe, ProbeContext, ProbeResult
+from ..findings import PREFILTER_DISTANCE_SLACK, Candidates, loose_threshold
+from .base import Probe, ProbeContext, ProbeResult, check_counts, check_positive
 from .latent_space import decode_flat, latent_box, widen
 
 MAP_DIGITS = 4  # significant digits of the map's numbers in report.json
-
-
-def loose_threshold(tau: float, slack: float = PREFILTER_LOSS_SLACK) -> float:
-    """``τ`` loosened by ``slack`` (1.5 → 50 % above), also for a score threshold below zero."""
-    return tau + (slack - 1.0) * abs(tau)
 
 
 def coarse_to_fine(resolution: int, dims: int) -> np.ndarray:
@@ -46,6 +44,7 @@ def rounded(a: np.ndarray) -> list:
     return [float(f"{v:.{MAP_DIGITS}g}") if np.isfinite(v) else None for v in a.tolist()]
 
 
+@dataclass(eq=False)
 class LatentGrid(Probe):
     """Decode a grid over the widened latent box; score each decode on its own reconstruction.
 
@@ -59,20 +58,26 @@ class LatentGrid(Probe):
         map_normals: normal latents drawn on the map (a seeded subsample).
     """
 
-    name = "grid"
-    kind = "search"
-    needs_latent = True
-    budget_weight = 1.0
+    name: ClassVar[str] = "grid"
+    kind: ClassVar[str] = "search"
+    needs_latent: ClassVar[bool] = True
+    effort_presets: ClassVar[dict] = {
+        "quick": {"resolution": 100, "resolution_3d": 24, "samples": 4096},
+        "thorough": {"resolution": 400, "resolution_3d": 64, "samples": 65536},
+    }
 
-    def __init__(self, latent_extent: float = 3.0, resolution: int = 200, resolution_3d: int = 40, samples: int = 16384,
-                 slice_resolution: int = 100, batch_size: int = 1024, map_normals: int = 2000):
-        self.latent_extent = latent_extent
-        self.resolution = resolution
-        self.resolution_3d = resolution_3d
-        self.samples = samples
-        self.slice_resolution = slice_resolution
-        self.batch_size = batch_size
-        self.map_normals = map_normals
+    latent_extent: float = 3.0
+    resolution: int = 200
+    resolution_3d: int = 40
+    samples: int = 16384
+    slice_resolution: int = 100
+    batch_size: int = 1024
+    map_normals: int = 2000
+
+    def __post_init__(self) -> None:
+        check_counts(self, "resolution", "resolution_3d", "samples", "slice_resolution", minimum=2)
+        check_counts(self, "batch_size", "map_normals")
+        check_positive(self, "latent_extent")
 
     def _plane(self, z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The map's plane ``z = origin + (u, v) · basis``: ``(origin, basis [k, d], u axis, v axis)``.
@@ -134,14 +139,13 @@ class LatentGrid(Probe):
         if d > 2:
             points = np.concatenate([points, self._search_points(ctx, lo, hi)])
 
-        keep_score, keep_dist = loose_threshold(obj.tau_op), b.min_distance * PREFILTER_DISTANCE_SLACK
+        keep_score, keep_dist = loose_threshold(obj.tau_op), b.candidate_distance * PREFILTER_DISTANCE_SLACK
         n_map = map_uv.shape[0]
         losses, far = np.full(points.shape[0], np.nan), np.zeros(points.shape[0], dtype=bool)
-        kept_x, kept_z, kept_rows, status, done = [], [], [], "complete", 0
+        kept_x, kept_z, kept_rows, stopped, done = [], [], [], None, 0
         with ctx.reporter.task("latent grid", total=points.shape[0]) as bar:
             for start in range(0, points.shape[0], self.batch_size):
-                if ctx.budget.expired():
-                    status = "incomplete"
+                if (stopped := ctx.stop.reason()) is not None:
                     break
                 z = torch.as_tensor(points[start : start + self.batch_size]).to(adapter.device, adapter.dtype)
                 with torch.no_grad():
@@ -151,8 +155,8 @@ class LatentGrid(Probe):
                     dist = b.neighbours.query(a)[0]
                 rows = slice(start, start + z.shape[0])
                 losses[rows] = score.double().cpu().numpy()
-                far[rows] = (dist >= keep_dist).cpu().numpy()
-                keep = (score <= keep_score) & (dist >= keep_dist) & torch.isfinite(score)
+                far[rows] = (dist >= b.min_distance * PREFILTER_DISTANCE_SLACK).cpu().numpy()
+                keep = ((score <= keep_score) & (dist >= keep_dist)) | ~torch.isfinite(score)  # NaN: its own finding
                 if keep.any():
                     kept_x.append(a[keep].cpu())
                     kept_z.append(z[keep].cpu())
@@ -168,5 +172,5 @@ class LatentGrid(Probe):
                      "low_and_far": int(rows_all.size), "box_low": rounded(lo), "box_high": rounded(hi),
                      "design": ("full grid" if d <= 3 else f"Sobol sample of {points.shape[0] - n_map} points")
                      + ("" if d <= 2 else " + principal-direction slice for the map")}
-        return ProbeResult(self.name, self.kind, status=status, candidates=cands, evaluations=done, artifacts=artifacts,
-                           reason="" if status == "complete" else "stopped by the time budget")
+        result = ProbeResult(self.name, self.kind, candidates=cands, evaluations=done, artifacts=artifacts)
+        return result.stopped(stopped) if stopped else result

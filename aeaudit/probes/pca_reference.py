@@ -11,14 +11,17 @@ the report, not a finding about the model.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from .analytic import extreme_rows, fit_pca, float64_verifier, flat, inside, reference_flat, unflat
-from .base import Probe, ProbeContext, ProbeResult
+from .analytic import extreme_rows, fit_pca, float64_verifier, flat, inside, normal_flat, unflat
+from .base import Probe, ProbeContext, ProbeResult, check_counts, require
 
 
+@dataclass(eq=False)
 class PCAReference(Probe):
     """Zero-loss far points of PCA fitted to the normal reference data.
 
@@ -27,14 +30,18 @@ class PCAReference(Probe):
         pca_directions: how many leading principal directions to walk along (both signs).
     """
 
-    name = "pca-reference"
-    kind = "analytic"
-    budget_weight = 0.1
-    supports_objective = False
+    name: ClassVar[str] = "pca-reference"
+    kind: ClassVar[str] = "analytic"
+    supports_objective: ClassVar[bool] = False
 
-    def __init__(self, pca_ratios: tuple[float, ...] = (10.0, 1e3, 1e6), pca_directions: int = 4):
-        self.pca_ratios = tuple(pca_ratios)
-        self.pca_directions = pca_directions
+    pca_ratios: tuple[float, ...] = (10.0, 1e3, 1e6)
+    pca_directions: int = 4
+
+    def __post_init__(self) -> None:
+        self.pca_ratios = tuple(self.pca_ratios) if isinstance(self.pca_ratios, (list, tuple)) else (self.pca_ratios,)
+        require(all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in self.pca_ratios), self.name,
+                f"pca_ratios {self.pca_ratios!r} must be finite numbers > 0")
+        check_counts(self, "pca_directions")
 
     def skip_reason(self, ctx: ProbeContext) -> str | None:
         reason = super().skip_reason(ctx)
@@ -50,7 +57,7 @@ class PCAReference(Probe):
     def _run(self, ctx: ProbeContext) -> ProbeResult:
         b, adapter = ctx.baseline, ctx.adapter
         d, n = math.prod(adapter.latent_shape), adapter.n_features
-        ref = reference_flat(ctx)
+        ref = normal_flat(ctx)
         pca = fit_pca(ref, d, ctx.generator(salt=201))
         k = min(d, self.pca_directions)
         v = pca.components[:, :k].T

@@ -10,7 +10,8 @@ one backward pass serves the whole batch):
 
 Constraints are handled by an augmented Lagrangian with one multiplier per start; after every
 step the iterate is projected back onto the feasible set (the input domain, or the latent box).
-Each start keeps its best feasible point; ``restarts`` draw fresh starts. The objective comes
+Each start keeps its best feasible point; ``restarts`` draw fresh starts; the number of starts and
+steps is the probe's work, fixed by its settings (``--effort``). The objective comes
 from the context (reconstruction loss, or a scorer's score for an adaptive search), and
 distances are exact nearest-reference distances (one matrix product per step; see ``geometry.py``).
 """
@@ -19,14 +20,12 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 
-from ..budget import Budget
-from ..errors import InputError
 from ..findings import Candidates
-from .base import Probe, ProbeContext, ProbeResult
+from .base import Probe, ProbeContext, ProbeResult, check_counts, check_positive, require
 from .latent_space import decode_flat, latent_box
 
 OPTIMIZERS = ("adam", "sign")
@@ -35,6 +34,7 @@ MIN_GAIN = 1e-4  # an improvement smaller than this (normalised units) does not 
 # references only: a step moves a point little, so its nearest reference stays among them, and the
 # per-step cost no longer grows with the reference set. Every kept point is re-measured exactly.
 SHORTLIST, SHORTLIST_REFRESH = 16, 8
+MAX_NONFINITE = 64  # inputs whose score came out NaN/inf, kept per round for verification
 
 
 @dataclass
@@ -85,12 +85,13 @@ class Track:
         return better
 
 
+@dataclass(eq=False)
 class PGDSearch(Probe):
     """The shared PGD engine; a subclass says which space it moves in and where it starts.
 
     Args:
         steps: gradient steps per round of starts (per mode).
-        starts: starts optimised together in one batch.
+        starts: starts of the "lowest score, far away" mode, optimised together in one batch.
         restarts: further rounds with fresh starts (each start keeps its own best).
         step_size: step in units of the space's half-range per coordinate (input domain or latent box).
         optimizer: ``adam`` or ``sign`` (the signed gradient of Madry et al.).
@@ -98,31 +99,39 @@ class PGDSearch(Probe):
         rho: augmented-Lagrangian penalty weight (objective and constraint are both normalised).
         margin: the search aims this far inside each constraint (a fraction of δ or of τ_op) so
             that float64 re-verification does not land just short of it.
-        farthest_share: share of the probe's budget for the outward walk (0 = skip it).
+        farthest_starts: starts of the outward walk ("farthest, still normal-looking"; 0 = skip it).
         latent_extent: widening of the normal latents' range (3 = three times as wide).
     """
 
-    kind = "search"
-    space_name = "input"
-    salt = 0
+    kind: ClassVar[str] = "search"
+    space_name: ClassVar[str] = "input"
+    salt: ClassVar[int] = 0
+    effort_presets: ClassVar[dict] = {
+        "quick": {"starts": 16, "steps": 60, "farthest_starts": 8},
+        "thorough": {"starts": 128, "steps": 300, "restarts": 1, "farthest_starts": 32},
+    }
 
-    def __init__(self, steps: int = 200, starts: int = 64, restarts: int = 1, step_size: float = 0.05,
-                 optimizer: str = "adam", patience: int = 40, rho: float = 10.0, margin: float = 0.05,
-                 farthest_share: float = 0.25, latent_extent: float = 3.0):
-        self.steps = steps
-        self.starts = starts
-        self.restarts = restarts
-        self.step_size = step_size
-        self.optimizer = optimizer
-        self.patience = patience
-        self.rho = rho
-        self.margin = margin
-        self.farthest_share = farthest_share
-        self.latent_extent = latent_extent
+    steps: int = 150
+    starts: int = 32
+    restarts: int = 0
+    step_size: float = 0.05
+    optimizer: str = "adam"
+    patience: int = 30
+    rho: float = 10.0
+    margin: float = 0.05
+    farthest_starts: int = 16
+    latent_extent: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_counts(self, "steps", "starts", "patience")
+        check_counts(self, "restarts", "farthest_starts", minimum=0)
+        check_positive(self, "step_size", "rho", "latent_extent")
+        require(isinstance(self.margin, (int, float)) and 0 <= self.margin < 1, self.name,
+                f"margin = {self.margin!r} must lie in [0, 1)")
+        require(self.optimizer in OPTIMIZERS, self.name,
+                f"optimizer {self.optimizer!r} is unknown; choose {' or '.join(OPTIMIZERS)}")
 
     def skip_reason(self, ctx: ProbeContext) -> str | None:
-        if self.optimizer not in OPTIMIZERS:
-            raise InputError(f"{self.name}: optimizer {self.optimizer!r} is unknown; choose {' or '.join(OPTIMIZERS)}")
         if not ctx.objective.differentiable:
             return f"the objective {ctx.objective.name!r} is not differentiable"
         return super().skip_reason(ctx)
@@ -135,9 +144,10 @@ class PGDSearch(Probe):
     def _starts(self, ctx: ProbeContext, space: Space, n: int, gen: torch.Generator) -> torch.Tensor:
         """``n`` starting points ``[n, D]`` of the space (float64 on the CPU, drawn from ``gen``)."""
 
-    def _round(self, ctx: ProbeContext, space: Space, u0: torch.Tensor, mode: str, budget: Budget,
-               bar) -> tuple[Track, int, bool]:
-        """One batch of starts. Returns ``(track, steps run, stopped by the time budget)``."""
+    def _round(self, ctx: ProbeContext, space: Space, u0: torch.Tensor, mode: str,
+               bar) -> tuple[Track, int, str | None, torch.Tensor]:
+        """One batch of starts. Returns ``(track, steps run, why it stopped early or None, inputs
+        whose score was not finite)``."""
         obj, b = ctx.objective, ctx.baseline
         spread = max(abs(obj.tau_op), obj.tau_op - obj.tau_min, 1e-12)
         delta = max(b.min_distance, 1e-12)
@@ -146,14 +156,16 @@ class PGDSearch(Probe):
         lam = torch.zeros_like(u0[:, 0])
         latent = self.space_name == "latent"
         track = Track.empty(u0.shape[0], u0, tuple(b.reference.shape[1:]), u0.shape[1] if latent else None)
-        last_gain = 0
+        last_gain, odd = 0, []
         for step in range(self.steps):
-            if budget.expired():
-                return self._exact(track, b), step, True
+            if (stopped := ctx.stop.reason()) is not None:
+                return self._exact(track, b), step, stopped, _stack(odd, _sample_shape(b))
             bar.advance(1)
             v = space.point(u)
             a = space.to_input(v)
             score = obj.score(a)
+            if len(odd) < MAX_NONFINITE and not bool(torch.isfinite(score).all()):
+                odd.append(a.detach()[~torch.isfinite(score.detach())].cpu())
             if step % SHORTLIST_REFRESH == 0:
                 shortlist = b.neighbours.shortlist(a, SHORTLIST)
             dist = b.neighbours.nearest_among(a, shortlist)
@@ -170,7 +182,7 @@ class PGDSearch(Probe):
                     last_gain = step
                 elif step - last_gain >= self.patience:
                     bar.advance(self.steps - step - 1)
-                    return self._exact(track, b), step + 1, False
+                    return self._exact(track, b), step + 1, None, _stack(odd, _sample_shape(b))
             aim = violation + self.margin
             lagrangian = primary + (self.rho / 2) * torch.relu(aim + lam / self.rho).pow(2)
             grad, = torch.autograd.grad(torch.where(ok, lagrangian, torch.zeros_like(lagrangian)).sum(), u)
@@ -184,7 +196,7 @@ class PGDSearch(Probe):
                 if space.bounded:
                     u.clamp_(-1.0, 1.0)
                 lam = torch.where(ok, torch.relu(lam + self.rho * aim.detach()), lam)
-        return self._exact(track, b), self.steps, False
+        return self._exact(track, b), self.steps, None, _stack(odd, _sample_shape(b))
 
     @staticmethod
     def _exact(track: Track, baseline) -> Track:
@@ -197,37 +209,36 @@ class PGDSearch(Probe):
         adapter = ctx.adapter
         space = self._space(ctx)
         gen = ctx.generator(salt=self.salt)
-        rounds = 1 + max(0, self.restarts)
-        modes = [("lowest", 1.0 - self.farthest_share)]
-        if self.farthest_share > 0:
-            modes.append(("farthest", self.farthest_share))
-        xs, zs, stats, status, evaluations = [], [], {}, "complete", 0
+        rounds = 1 + self.restarts
+        modes = [("lowest", self.starts)] + ([("farthest", self.farthest_starts)] if self.farthest_starts else [])
+        xs, zs, odd, stats, stopped, evaluations = [], [], [], {}, None, 0
         with ctx.reporter.task(f"PGD ({self.space_name})", total=rounds * self.steps * len(modes)) as bar:
-            left = 1.0
-            for mode, share in modes:
-                budget, left = ctx.budget.share(share / left), left - share
+            for mode, n_starts in modes:
                 scores, dists, steps_run = [], [], 0
                 for _ in range(rounds):
-                    u0 = space.coords(self._starts(ctx, space, self.starts, gen).to(adapter.device, adapter.dtype))
-                    track, done, timed_out = self._round(ctx, space, u0, mode, budget, bar)
+                    u0 = space.coords(self._starts(ctx, space, n_starts, gen).to(adapter.device, adapter.dtype))
+                    track, done, stopped, bad = self._round(ctx, space, u0, mode, bar)
                     steps_run += done
-                    evaluations += done * self.starts
+                    evaluations += done * n_starts
                     xs.append(track.x[track.feasible].cpu())
                     if track.z is not None:
                         zs.append(track.z[track.feasible].cpu())
+                    odd.append(bad)
                     scores.append(track.score[track.feasible].cpu())
                     dists.append(track.dist[track.feasible].cpu())
-                    if timed_out:
-                        status = "incomplete"
+                    if stopped:
                         break
                 stats[mode] = self._summary(ctx, mode, torch.cat(scores).double(), torch.cat(dists).double())
-                stats[mode].update(starts=rounds * self.starts, steps=steps_run)
-                if status == "incomplete":
+                stats[mode].update(starts=rounds * n_starts, steps=steps_run)
+                if stopped:
                     break
-        cands = Candidates(x=torch.cat(xs), probe=self.name, latent=torch.cat(zs) if zs else None)
-        return ProbeResult(self.name, self.kind, status=status, candidates=cands, evaluations=evaluations,
-                           artifacts={"space": self.space_name, "optimizer": self.optimizer, **stats},
-                           reason="" if status == "complete" else "stopped by the time budget")
+        found = Candidates(x=torch.cat(xs), probe=self.name, latent=torch.cat(zs) if zs else None)
+        odd_x = torch.cat(odd).to(found.x.dtype)
+        if len(odd_x):  # NaN/inf scores carry no latent: verified as their own kind, no latent kept
+            found = Candidates(x=torch.cat([found.x, odd_x]), probe=self.name)
+        result = ProbeResult(self.name, self.kind, candidates=found, evaluations=evaluations,
+                             artifacts={"space": self.space_name, "optimizer": self.optimizer, **stats})
+        return result.stopped(stopped) if stopped else result
 
     @staticmethod
     def _summary(ctx: ProbeContext, mode: str, score: torch.Tensor, dist: torch.Tensor) -> dict:
@@ -244,14 +255,14 @@ class PGDSearch(Probe):
         return out
 
 
+@dataclass(eq=False)
 class LatentPGD(PGDSearch):
     """PGD over latent codes ``z`` in the widened latent box; the candidate is ``h(z)``."""
 
-    name = "pgd-latent"
-    needs_latent = True
-    budget_weight = 1.0
-    space_name = "latent"
-    salt = 301
+    name: ClassVar[str] = "pgd-latent"
+    needs_latent: ClassVar[bool] = True
+    space_name: ClassVar[str] = "latent"
+    salt: ClassVar[int] = 301
 
     def _space(self, ctx: ProbeContext) -> Space:
         _, lo, hi = latent_box(ctx, self.latent_extent)
@@ -267,13 +278,13 @@ class LatentPGD(PGDSearch):
         return torch.cat([z_normal, space.centre.double().cpu() + space.half.double().cpu() * u])
 
 
+@dataclass(eq=False)
 class InputPGD(PGDSearch):
     """PGD over inputs ``x`` in the input domain (unbounded: in units of the normal data's spread)."""
 
-    name = "pgd-input"
-    budget_weight = 1.0
-    space_name = "input"
-    salt = 401
+    name: ClassVar[str] = "pgd-input"
+    space_name: ClassVar[str] = "input"
+    salt: ClassVar[int] = 401
 
     def _space(self, ctx: ProbeContext) -> Space:
         b = ctx.baseline
@@ -307,3 +318,11 @@ class InputPGD(PGDSearch):
             with torch.no_grad():
                 parts.append(decode_flat(ctx, z).reshape(n_decoded, -1).double().cpu())
         return torch.cat(parts)
+
+
+def _sample_shape(baseline) -> tuple[int, ...]:
+    return tuple(baseline.reference.shape[1:])
+
+
+def _stack(parts: list[torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.cat(parts)[:MAX_NONFINITE] if parts else torch.empty(0, *shape)

@@ -2,46 +2,50 @@
 
 Draws random points of the input domain (for an unbounded domain: a Gaussian around the
 normal data, widened) and, where the model has a latent split, decodes random latent codes
-from the normal latents' box widened by ``latent_extent``. It spends the same budget as the
-other searches and keeps every draw that scores below the objective's operating threshold.
+from the normal latents' box widened by ``latent_extent``. It keeps the draws that score below
+the objective's operating threshold (loosened for verification), and draws whose score is NaN or inf.
 """
+
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
-from ..findings import Candidates
-from .base import Probe, ProbeContext, ProbeResult
+from ..findings import Candidates, loose_threshold
+from .base import Probe, ProbeContext, ProbeResult, check_counts, check_positive
 from .latent_space import decode_flat, latent_box
 
 
+@dataclass(eq=False)
 class RandomSearch(Probe):
     """Uniform random draws in the input domain and in the widened latent box.
 
     Args:
-        samples: draws per space (input, latent); 0 = keep drawing until the budget runs out.
+        samples: draws per space (input, latent).
         batch_size: draws evaluated per batch.
         latent_extent: widening of the normal latents' range (3 = three times as wide).
-        max_batches: cap on batches when ``samples`` is 0.
-        max_candidates: the lowest-scoring draws kept for verification; bounds the work after
-            the search, which the time budget does not cover.
+        max_candidates: the lowest-scoring draws kept for verification.
     """
 
-    name = "random"
-    kind = "search"
-    budget_weight = 0.5
+    name: ClassVar[str] = "random"
+    kind: ClassVar[str] = "search"
+    effort_presets: ClassVar[dict] = {"quick": {"samples": 2048}, "thorough": {"samples": 16384}}
 
-    def __init__(self, samples: int = 4096, batch_size: int = 1024, latent_extent: float = 3.0, max_batches: int = 10_000,
-                 max_candidates: int = 8192):
-        self.samples = samples
-        self.batch_size = batch_size
-        self.latent_extent = latent_extent
-        self.max_batches = max_batches
-        self.max_candidates = max_candidates
+    samples: int = 4096
+    batch_size: int = 1024
+    latent_extent: float = 3.0
+    max_candidates: int = 8192
+
+    def __post_init__(self) -> None:
+        check_counts(self, "samples", "batch_size", "max_candidates")
+        check_positive(self, "latent_extent")
 
     def _lowest(self, xs: list[torch.Tensor], scores: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         x, s = torch.cat(xs), torch.cat(scores)
         if len(s) > self.max_candidates:
-            best = torch.argsort(s)[: self.max_candidates]
+            best = torch.argsort(s, stable=True)[: self.max_candidates]
             x, s = x[best], s[best]
         return [x], [s]
 
@@ -63,16 +67,15 @@ class RandomSearch(Probe):
         spaces = ["input"] + (["latent"] if adapter.has_latent and ctx.objective.name == "recon" else [])
         if "latent" in spaces:
             _, zlo, zhi = latent_box(ctx, self.latent_extent)
-        per_space = self.samples if self.samples > 0 else self.batch_size * self.max_batches
-        kept_x, kept_s, evaluations, status = [], [], 0, "complete"
-        with ctx.reporter.task("random search", total=per_space * len(spaces)) as bar:
+        keep_below = loose_threshold(ctx.objective.tau_op)
+        kept_x, kept_s, odd_x, evaluations, stopped = [], [], [], 0, None
+        with ctx.reporter.task("random search", total=self.samples * len(spaces)) as bar:
             for space in spaces:
                 done = 0
-                while done < per_space:
-                    if ctx.budget.expired():
-                        status = "incomplete"
+                while done < self.samples and stopped is None:
+                    if (stopped := ctx.stop.reason()) is not None:
                         break
-                    n = min(self.batch_size, per_space - done)
+                    n = min(self.batch_size, self.samples - done)
                     if space == "input":
                         x = self._input_draw(ctx, n, gen)
                     else:
@@ -81,16 +84,20 @@ class RandomSearch(Probe):
                         with torch.no_grad():
                             x = decode_flat(ctx, z)
                     score = ctx.objective.evaluate(x)
-                    keep = score <= ctx.objective.tau_op * 1.5
+                    keep = score <= keep_below
                     if keep.any():
                         kept_x.append(x[keep].cpu())
                         kept_s.append(score[keep].cpu())
                         if sum(len(k) for k in kept_s) > 2 * self.max_candidates:
                             kept_x, kept_s = self._lowest(kept_x, kept_s)
+                    odd = ~torch.isfinite(score)
+                    if odd.any() and sum(len(k) for k in odd_x) < self.max_candidates:
+                        odd_x.append(x[odd].cpu())
                     done += n
                     evaluations += n
                     bar.advance(n)
         x_all = self._lowest(kept_x, kept_s)[0][0] if kept_x else torch.empty(0, *b.reference.shape[1:])
-        cands = Candidates(x=x_all, probe=self.name)
-        return ProbeResult(self.name, self.kind, status=status, candidates=cands, evaluations=evaluations,
-                           reason="" if status == "complete" else "stopped by the time budget")
+        cands = Candidates(x=torch.cat([x_all.to(b.reference.dtype), *[o.to(b.reference.dtype) for o in odd_x]]),
+                           probe=self.name)
+        result = ProbeResult(self.name, self.kind, candidates=cands, evaluations=evaluations)
+        return result.stopped(stopped) if stopped else result

@@ -11,7 +11,11 @@ import numpy as np
 from ..errors import InputError
 from .atomic import write_text
 
+SCHEMA_VERSION = "2.0"
 TIMING_KEYS = ("timings", "seconds")
+# what a report.json must hold for the writers to render it: key → type
+REQUIRED = {"verdict": str, "status": str, "gate": dict, "settings": dict, "model": dict, "data": dict,
+            "thresholds": dict, "probes": list, "findings": list, "counts": dict}
 
 
 def _clean(obj: Any) -> Any:
@@ -48,8 +52,6 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 def load_report(path: str | Path) -> dict[str, Any]:
     """A saved report.json, checked to be one this aeaudit can render (else :class:`InputError`)."""
-    from .. import audit
-
     path = Path(path)
     try:
         data = read_json(path)
@@ -61,9 +63,13 @@ def load_report(path: str | Path) -> dict[str, Any]:
     version = data.get("schema_version") if isinstance(data, dict) else None
     if not isinstance(version, str):
         raise InputError(f"{path}: no schema_version, so not an aeaudit report.json")
-    if version.split(".")[0] != audit.SCHEMA_VERSION.split(".")[0]:
+    if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
         raise InputError(f"{path}: schema_version {version} is not readable by this aeaudit "
-                         f"(reads {audit.SCHEMA_VERSION.split('.')[0]}.x); use the aeaudit that wrote it")
+                         f"(reads {SCHEMA_VERSION.split('.')[0]}.x); use the aeaudit that wrote it")
+    wrong = [f"{key} ({kind.__name__})" for key, kind in REQUIRED.items() if not isinstance(data.get(key), kind)]
+    if wrong:
+        raise InputError(f"{path}: malformed report.json: missing or mistyped {', '.join(wrong)}; "
+                         "give the report.json that `aeaudit scan` wrote")
     return data
 
 

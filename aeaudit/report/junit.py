@@ -12,11 +12,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from ..verdict import GATES
 from .atomic import write_text
 from .fmt import normalise, num
 
 MAX_LISTED = 50  # findings written out per test case; report.json has them all
-GATE_LEVELS = {"critical": ("critical",), "high": ("critical", "high"), "never": ()}
 
 
 def _finding_line(i: int, f: dict) -> str:
@@ -28,7 +28,7 @@ def to_junit(report: dict[str, Any]) -> str:
     """The JUnit XML document for ``report`` (an ``AuditResult.to_dict()`` or a loaded report.json)."""
     report = normalise(report)
     fail_on = (report.get("gate") or {}).get("fail_on", "high")
-    levels = GATE_LEVELS.get(fail_on, ("critical", "high"))
+    levels = GATES.get(fail_on, GATES["high"])
     findings = list(enumerate(report.get("findings") or []))
     probes = list(report.get("probes") or [])
     known = {p.get("probe") for p in probes}

@@ -16,18 +16,22 @@ or the final energy per feature (``output="energy"``); docs/scorers.md gives the
 behind the default. Everything runs in the model's input space.
 
 For the adaptive search the score is differentiated through ``unroll_steps`` unrolled steps (no
-stop test, so the map is smooth in ``x``): a stated surrogate of the full projection, which the
-audit's float64 verification then re-scores in full.
+stop test, so the map is smooth in ``x``): a stated surrogate of the full projection with its own
+threshold, calibrated on the held-out normal data exactly as the full score's is, so that the search
+normalises the surrogate by the surrogate's own scale. The audit's float64 verification then re-scores
+every candidate with the full projection against the full score's threshold.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
+import numpy as np
 import torch
 
 from ..errors import InputError
 from ..model.adapter import AutoencoderAdapter
-from .base import Scorer
+from .base import Scorer, SearchObjective
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
@@ -45,6 +49,7 @@ class Projection:
     steps: torch.Tensor  # steps each input took before stopping
 
 
+@dataclass(eq=False)
 class EnergyScorer(Scorer):
     """Energy-projection score.
 
@@ -59,51 +64,62 @@ class EnergyScorer(Scorer):
         batch_size: inputs projected together.
     """
 
-    name = "energy"
-    differentiable = True
-    description = "iterative energy-based projection (Dehaene et al., ICLR 2020)"
+    name: ClassVar[str] = "energy"
+    differentiable: ClassVar[bool] = True
+    description: ClassVar[str] = "iterative energy-based projection (Dehaene et al., ICLR 2020)"
 
-    def __init__(self, alpha: float = 0.5, lam: float = 0.05, steps: int = 10, optimizer: str = "sgd",
-                 output: str = "distance", unroll_steps: int = 5, batch_size: int = 512):
-        self.alpha = alpha
-        self.lam = lam
-        self.steps = steps
-        self.optimizer = optimizer
-        self.output = output
-        self.unroll_steps = unroll_steps
-        self.batch_size = batch_size
+    alpha: float = 0.5
+    lam: float = 0.05
+    steps: int = 10
+    optimizer: str = "sgd"
+    output: str = "distance"
+    unroll_steps: int = 5
+    batch_size: int = 512
 
-    def _fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor) -> None:
+    def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
-            raise InputError(f"energy optimizer {self.optimizer!r}: choose sgd or adam")
+            raise InputError(f"energy: optimizer {self.optimizer!r}: choose sgd or adam")
         if self.output not in ("distance", "energy"):
-            raise InputError(f"energy output {self.output!r}: choose distance or energy")
-        if self.steps < 1 or self.unroll_steps < 1:
-            raise InputError(f"energy steps {self.steps} / unroll_steps {self.unroll_steps}: must be at least 1")
-        self.tau_min_ = float(adapter.losses(reference).min())
+            raise InputError(f"energy: output {self.output!r}: choose distance or energy")
+        if self.steps < 1 or self.unroll_steps < 1 or self.batch_size < 1:
+            raise InputError(f"energy: steps {self.steps}, unroll_steps {self.unroll_steps} and batch_size "
+                             f"{self.batch_size} must be at least 1")
+        if not (np.isfinite(self.alpha) and self.alpha > 0 and np.isfinite(self.lam) and self.lam >= 0):
+            raise InputError(f"energy: alpha {self.alpha!r} must be > 0 and lam {self.lam!r} ≥ 0 (finite)")
+
+    def _fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor, heldout: torch.Tensor) -> None:
+        held_losses = adapter.losses(heldout)
+        self.tau_min_ = float(torch.cat([adapter.losses(reference), held_losses]).min())
+        held, ref = (torch.cat([self._surrogate(part[i : i + self.batch_size].to(adapter.device, adapter.dtype)).detach()
+                                for i in range(0, part.shape[0], self.batch_size)]).double().cpu().numpy()
+                     for part in (heldout, reference))
+        self.surrogate_threshold_ = float(np.quantile(held, 1.0 - self.fpr_, method="higher"))
+        self.surrogate_min_ = float(min(held.min(), ref.min()))
         self.note_ = (f"{self.steps} {self.optimizer} steps (α {self.alpha:g}, λ {self.lam:g}), "
                       f"stop at τ_min; score = {'mean L1 distance travelled' if self.output == 'distance' else 'final energy'}; "
-                      f"adaptive search differentiates {self.unroll_steps} unrolled steps")
+                      f"adaptive search differentiates {self.unroll_steps} unrolled steps, normalised by their own "
+                      "held-out threshold")
 
     # ----------------------------------------------------------------- the projection
     def _energy_terms(self, xt: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(E per sample, the adapter's loss, squared error per feature)`` at ``xt`` (model space)."""
         adapter = self.adapter_
         n = xt.shape[0]
-        sq = (xt - adapter._forward_model(xt)).pow(2)
-        sq_sum = sq.reshape(n, -1).sum(dim=1)
-        loss = sq_sum.sqrt() if adapter.loss_kind == "pyod" else sq_sum / sq[0].numel()
-        energy = 0.5 * sq_sum + self.lam * (xt - x0).reshape(n, -1).abs().sum(dim=1)
-        return energy, loss, sq
+        residual = xt - adapter.forward_model(xt)
+        sq = residual.pow(2)
+        energy = 0.5 * sq.reshape(n, -1).sum(dim=1) + self.lam * (xt - x0).reshape(n, -1).abs().sum(dim=1)
+        return energy, adapter.loss_of_residual(residual), sq
 
-    def project(self, x: torch.Tensor, steps: int | None = None, create_graph: bool = False) -> Projection:
-        """Project a data-space batch. ``create_graph``: keep the graph to ``x`` (fixed ``steps``, no stop test).
+    def project(self, x: torch.Tensor, steps: int | None = None, create_graph: bool = False,
+                stop_at_tau_min: bool = True) -> Projection:
+        """Project a data-space batch. ``create_graph``: keep the graph to ``x``; ``stop_at_tau_min``
+        False: every sample takes every step (the surrogate, smooth in ``x``).
 
         Plain steps backtrack: a step that raised a sample's energy (or made it non-finite) is undone
         and that sample's step size halved, so its energy never increases. Adam's steps are bounded
         by ``alpha`` per feature and are taken as they come."""
         steps = self.steps if steps is None else steps
-        x0 = self.adapter_._to_model_space(x)
+        x0 = self.adapter_.to_model_space(x)
         if not create_graph:
             x0 = x0.detach()
         n = x0.shape[0]
@@ -130,7 +146,7 @@ class EnergyScorer(Scorer):
                     taken -= (worse & prev[4]).long()
                 if t > steps:
                     break
-                active = torch.ones_like(loss, dtype=torch.bool) if create_graph else loss.detach() > self.tau_min_
+                active = loss.detach() > self.tau_min_ if stop_at_tau_min else torch.ones_like(loss, dtype=torch.bool)
                 if not active.any():
                     break
                 if self.optimizer == "adam":
@@ -147,12 +163,20 @@ class EnergyScorer(Scorer):
         return Projection(x=xt, anomaly_map=moved, energy=energy / n_features,
                           distance=moved.reshape(n, -1).mean(dim=1), loss=loss, steps=taken)
 
+    def _value(self, p: Projection) -> torch.Tensor:
+        return p.distance if self.output == "distance" else p.energy
+
+    def _surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """The score over ``unroll_steps`` steps without the stop test, differentiable in ``x``."""
+        return self._value(self.project(x, steps=self.unroll_steps, create_graph=x.requires_grad,
+                                        stop_at_tau_min=False))
+
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad:
-            p = self.project(x, steps=self.unroll_steps, create_graph=True)
-            return p.distance if self.output == "distance" else p.energy
-        outs = []
-        for i in range(0, x.shape[0], self.batch_size):
-            p = self.project(x[i : i + self.batch_size])
-            outs.append((p.distance if self.output == "distance" else p.energy).detach())
+        """The full projection's score (never differentiated: the adaptive search uses the surrogate)."""
+        outs = [self._value(self.project(x[i : i + self.batch_size].detach())).detach()
+                for i in range(0, x.shape[0], self.batch_size)]
         return torch.cat(outs) if outs else torch.empty(0, device=x.device)
+
+    def search_objective(self) -> SearchObjective:
+        return SearchObjective(self._surrogate, self.surrogate_min_, self.surrogate_threshold_, True,
+                               f"surrogate: {self.unroll_steps} unrolled steps, its own held-out threshold")

@@ -17,10 +17,17 @@ output gradient (``bmm``; convolutions via ``unfold``). Layers that path does no
 
 TorchScript models run neither Python hooks nor ``torch.func``: for them the score takes one
 backward pass per sample (the reference method's loop; correct, and differentiable, but slow).
+
+The training side (``aeaudit harden --method gradcon``) lives here too: ``MSE − α · mean_i
+cos(∂MSE/∂W_i, ref_i)`` over the same decoder weights, ``ref_i`` the plain running mean of each
+weight's gradient after the backward pass of the total loss (0 on the first step), saved with the
+model under ``gradcon_reference`` because the score needs it.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,9 +35,10 @@ from torch import nn
 
 from ..errors import InputError
 from ..model.adapter import AutoencoderAdapter, resolve_path
-from .base import Scorer
+from .base import Scorer, TrainingObjective
 
 REFERENCE_KEY = "gradcon_reference"
+METHODS = ("auto", "hooks", "func", "loop")
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 WEIGHT_LAYER_NAMES = {cls.__name__ for cls in WEIGHT_LAYERS}  # TorchScript keeps them as ``original_name``
 COS_EPS = 1e-12
@@ -78,10 +86,10 @@ def _script_weight_layers(adapter: AutoencoderAdapter) -> tuple[list[str], str]:
     module = adapter.module
     layers = [n for n, m in module.named_modules() if getattr(m, "original_name", "") in WEIGHT_LAYER_NAMES]
     if adapter.has_latent:
-        prefix = (adapter._decoder_path or "").split("[")[0] + "."
+        prefix = (adapter.decoder_path or "").split("[")[0] + "."
         names = [n for n in layers if n.startswith(prefix)]
         if not names:
-            raise ValueError(f"the TorchScript decoder {adapter._decoder_path!r} is a method, not a submodule with "
+            raise ValueError(f"the TorchScript decoder {adapter.decoder_path!r} is a method, not a submodule with "
                              "Linear/Conv/ConvTranspose layers; name a decoder submodule with --decoder")
         return names, f"decoder weight layers (TorchScript, module order): {', '.join(names)}"
     if not layers:
@@ -249,6 +257,7 @@ def _combine(loss: torch.Tensor, dots_norms: list[tuple[torch.Tensor, torch.Tens
 
 
 # --------------------------------------------------------------------------- the scorer
+@dataclass(eq=False)
 class GradConScorer(Scorer):
     """GradCon's score with the checkpoint's reference gradients, or post-hoc ones.
 
@@ -261,14 +270,23 @@ class GradConScorer(Scorer):
             ``batch_size × decoder weights`` values; beyond ~128 the GradCon CAE gets no faster on a CPU).
     """
 
-    name = "gradcon"
-    differentiable = True
-    description = "GradCon: reconstruction loss minus β × gradient alignment (Kwon et al., ECCV 2020)"
+    name: ClassVar[str] = "gradcon"
+    differentiable: ClassVar[bool] = True
+    description: ClassVar[str] = "GradCon: reconstruction loss minus β × gradient alignment (Kwon et al., ECCV 2020)"
+    checkpoint_keys: ClassVar[tuple[str, ...]] = (REFERENCE_KEY,)
+    training_parameters: ClassVar[tuple[str, ...]] = ("alpha",)
 
-    def __init__(self, beta: float = 0.12, method: str = "auto", batch_size: int = 128):
-        self.beta = beta
-        self.method = method
-        self.batch_size = batch_size
+    beta: float = 0.12
+    method: str = "auto"
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"gradcon: method {self.method!r}: choose {', '.join(METHODS)}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise InputError(f"gradcon: beta = {self.beta!r} must be a finite number ≥ 0")
+        if self.batch_size < 1:
+            raise InputError(f"gradcon: batch_size = {self.batch_size!r} must be at least 1")
 
     def skip_reason(self, adapter: AutoencoderAdapter) -> str | None:
         try:
@@ -277,9 +295,7 @@ class GradConScorer(Scorer):
             return str(exc)
         return None
 
-    def _fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor) -> None:
-        if self.method not in ("auto", "hooks", "func", "loop"):
-            raise InputError(f"gradcon method {self.method!r}: choose auto, hooks, func or loop")
+    def _fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor, heldout: torch.Tensor) -> None:
         names, note = decoder_weight_layers(adapter)
         self.layer_names_ = names
         scripted = isinstance(adapter.module, torch.jit.ScriptModule)
@@ -297,12 +313,15 @@ class GradConScorer(Scorer):
         stored = adapter.checkpoint_extras.get(REFERENCE_KEY)
         if stored is not None:
             self.reference_ = _stored_reference(stored, adapter, names)
-            self.posthoc = False
             self.note_ = f"reference gradients from the checkpoint; {note}"
         else:
             self.reference_ = self._posthoc_reference(reference)
             self.posthoc = True
             self.note_ = f"post-hoc: reference = mean per-sample gradient over normal data; {note}"
+
+    @classmethod
+    def training_objective(cls, adapter: AutoencoderAdapter, alpha: float = 0.03, **_: Any) -> GradConObjective:
+        return GradConObjective(adapter, alpha, decoder_weights(adapter))
 
     def _layers(self) -> list[nn.Module]:
         return [layer(self.adapter_.module, n) for n in self.layer_names_]
@@ -363,3 +382,63 @@ def _stored_reference(stored: dict, adapter: AutoencoderAdapter, names: list[str
             raise InputError(f"{REFERENCE_KEY}[{key!r}] holds NaN or inf")
         refs.append(ref.reshape(-1).to(adapter.device, adapter.dtype))
     return refs
+
+
+def decoder_weights(adapter: AutoencoderAdapter) -> dict[str, nn.Parameter]:
+    """The decoder's layer weights by parameter name: the layers GradCon's training term and score use."""
+    if not adapter.has_latent:
+        raise InputError(f"--method gradcon needs the decoder: {adapter.split_reason}")
+    try:
+        names, _ = decoder_weight_layers(adapter)
+    except ValueError as exc:
+        raise InputError(f"--method gradcon: {exc}") from None
+    return {f"{n}.weight": layer(adapter.module, n).weight for n in names}
+
+
+class GradConObjective(TrainingObjective):
+    """GradCon's training loss; selection on held-out MSE (the alignment term is measured against a
+    reference that keeps moving during training, so its values at different steps do not compare)."""
+
+    selection = "lowest held-out MSE on normal data"
+
+    def __init__(self, adapter: AutoencoderAdapter, alpha: float, weights: dict[str, nn.Parameter]):
+        super().__init__(adapter)
+        self.alpha = alpha
+        self.names = list(weights)
+        self.weights = list(weights.values())
+        self.grad_sum = [torch.zeros_like(w) for w in self.weights]
+        self.count = 0
+
+    def mse(self, xm: torch.Tensor) -> torch.Tensor:
+        return (self.adapter.forward_model(xm) - xm).pow(2).mean()
+
+    def alignment(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        cos = [F.cosine_similarity(g.reshape(1, -1), (s / self.count).reshape(1, -1), eps=COS_EPS)[0]
+               for g, s in zip(grads, self.grad_sum)]
+        return torch.stack(cos).mean()
+
+    def loss(self, xm: torch.Tensor) -> torch.Tensor:
+        mse = self.mse(xm)
+        if self.count == 0 or self.alpha == 0:  # no reference yet: the gradient term is 0 on the first step
+            return mse
+        grads = torch.autograd.grad(mse, self.weights, create_graph=True)
+        return mse - self.alpha * self.alignment(grads)
+
+    def after_backward(self) -> None:
+        for s, w in zip(self.grad_sum, self.weights):
+            if w.grad is not None:
+                s.add_(w.grad.detach())
+        self.count += 1
+
+    @torch.no_grad()
+    def heldout(self, xm: torch.Tensor, batch_size: int) -> float:
+        total = sum(float(self.mse(xm[i : i + batch_size])) * xm[i : i + batch_size].shape[0]
+                    for i in range(0, xm.shape[0], batch_size))
+        return total / xm.shape[0]
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """The reference gradients at this step, by parameter name."""
+        return {n: (s / max(self.count, 1)).detach().cpu().clone() for n, s in zip(self.names, self.grad_sum)}
+
+    def checkpoint_extras(self, snapshot: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        return {REFERENCE_KEY: snapshot if snapshot is not None else self.snapshot()}

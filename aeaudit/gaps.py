@@ -9,8 +9,10 @@ on the held-out normal set, then
    find (verified in float64 with the scorer's own float64 score) are its residual blind spots.
 
 A scorer "closes the gap" only when it detects the transferred anomalies (rate ≥ 0.9) *and* its
-adaptive search comes back empty within its budget (the adaptive-attack rule of
-"Autoencoders for anomaly detection are unreliable").
+adaptive search ran to completion and came back empty (the adaptive-attack rule of "Autoencoders
+for anomaly detection are unreliable"); the verdict then says how many evaluations found nothing —
+evidence, not proof. The adaptive searches have their own, smaller work settings per ``--effort``
+(``ADAPTIVE_SETTINGS``): every score is attacked with the same amount of work.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ..errors import InputError
-from ..findings import Finding, merge_and_rank
-from ..probes import PROBES, Objective
-from . import make_scorer
-from .base import Scorer
+from .config import ADAPTIVE_PROBES_KEY
+from .errors import InputError, one_line
+from .findings import Finding, merge_and_rank
+from .probes import PROBES, Objective, Probe, ProbeResult, make_probe
+from .runner import AuditState, run_probes
+from .scorers import Scorer, make_scorer
+from .settings import accepted_keys
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +37,19 @@ ADAPTIVE_PROBES = ("pgd-input", "pgd-latent")
 FALLBACK_PROBES = ("random",)  # when no gradient search is installed
 HIGH_DETECTION = 0.9  # transferred detection rate a scorer needs before it can close the gap
 ROC_POINTS = 101
-SCORER_BUDGET_SHARE = 0.4  # of the scan budget, kept for fitting and attacking the non-recon scorers
+# the work of each adaptive search, per --effort (a scorer's score costs more than the loss: GradCon
+# takes gradients per sample, the energy score unrolls its projection); --probe-settings override it
+ADAPTIVE_SETTINGS = {
+    "quick": {"starts": 8, "steps": 30, "restarts": 0, "farthest_starts": 0, "samples": 512},
+    "standard": {"starts": 16, "steps": 60, "restarts": 0, "farthest_starts": 0, "samples": 1024},
+    "thorough": {"starts": 32, "steps": 150, "restarts": 0, "farthest_starts": 8, "samples": 4096},
+}
 
 
 def adaptive_probe_names(settings: dict[str, Any]) -> tuple[str, ...]:
     """The searches run against each scorer: ``scorer_settings["adaptive_probes"]`` (a list, or
-    names joined by ``+``) if given, else
-    the PGD searches that are installed, else random search."""
-    wanted = settings.get("adaptive_probes")
+    names joined by ``+``) if given, else the PGD searches that are installed, else random search."""
+    wanted = settings.get(ADAPTIVE_PROBES_KEY)
     if isinstance(wanted, str):  # from --scorer-settings adaptive_probes=pgd-input+random
         wanted = [n for n in wanted.split("+") if n]
     if wanted:
@@ -51,13 +60,20 @@ def adaptive_probe_names(settings: dict[str, Any]) -> tuple[str, ...]:
     return tuple(n for n in ADAPTIVE_PROBES if n in PROBES) or FALLBACK_PROBES
 
 
-def scorer_budget_share(names) -> float:
-    """The share of the scan budget to keep for the comparison: none when only ``recon`` is
-    selected, whose adaptive search is the scan's own."""
-    return SCORER_BUDGET_SHARE if any(n != "recon" for n in names) else 0.0
+def adaptive_probes(state: AuditState, names: tuple[str, ...]) -> list[Probe]:
+    """The adaptive searches with their work settings (``ADAPTIVE_SETTINGS`` for the scan's effort,
+    under the user's own ``--probe-settings``)."""
+    config = state.config
+    preset = ADAPTIVE_SETTINGS[config.effort]
+    out = []
+    for name in names:
+        taken = {k: v for k, v in preset.items() if k in accepted_keys(PROBES[name])}
+        out.append(make_probe(name, {"latent_extent": config.latent_extent, name: taken, **config.probe_settings},
+                              config.effort))
+    return out
 
 
-def _to_tensor(x: np.ndarray, state) -> torch.Tensor:
+def _to_tensor(x: np.ndarray, state: AuditState) -> torch.Tensor:
     return torch.as_tensor(np.array(x), dtype=state.adapter.dtype).to(state.adapter.device)
 
 
@@ -88,42 +104,44 @@ def _best_ratios(found: list[Finding], scorer: Scorer) -> tuple[float | None, fl
     """Largest distance ratio; smallest score/threshold (only where normal scores are ≥ 0, so the
     ratio means "a fraction of the threshold"; GradCon's can be negative); and the fraction of
     held-out normal scores at or below the lowest finding score (0 = below all of them)."""
-    if not found:
-        return None, None, None
+    values = [f.loss if f.score is None else f.score for f in found]  # the scan's own findings carry a loss
+    finite = [v for v in values if np.isfinite(v)]
+    if not finite:
+        return (max(f.distance_ratio for f in found) if found else None), None, None
     best_d = max(f.distance_ratio for f in found)
-    lowest = min(f.loss if f.score is None else f.score for f in found)  # the scan's own findings carry a loss
+    lowest = min(finite)
     ratio = lowest / scorer.threshold_ if scorer.min_normal_ >= 0 and scorer.threshold_ > 0 else None
     quantile = float(np.mean(scorer.heldout_scores_ <= lowest))
     return best_d, ratio, quantile
 
 
-def _verdict(rate: float | None, n_adaptive: int, searched: bool, search_note: str, complete: bool = True) -> str:
-    """An empty search that the budget cut short never "closes the gap": it says so instead."""
+def _verdict(rate: float | None, n_adaptive: int, searched: bool, search_note: str, complete: bool = True,
+             evaluations: int = 0) -> str:
+    """An empty search that did not run to completion never "closes the gap": it says so instead."""
     if n_adaptive:
         return "blind spots remain"
     if rate is not None and rate < HIGH_DETECTION:
         return "blind spots remain"
     if not searched:
         return f"not evaluated ({search_note})"
-    if rate is None:
-        return "not evaluated (no recon findings; none of its own" + ("" if complete else " within the budget") + ")"
     if not complete:
-        return "detects the transferred findings; its own search found none before the budget ran out"
-    return "closes the gap"
+        return f"inconclusive: its own search was cut short ({search_note}) after {evaluations:,} evaluations"
+    if rate is None:
+        return f"not evaluated (no recon findings to transfer); its own search found none in {evaluations:,} evaluations"
+    return f"closes the gap: detects the transferred findings; its own search found none in {evaluations:,} evaluations"
 
 
-def _evaluate(state, name: str, scan_findings: list[Finding], adversarial: torch.Tensor | None,
-              anomalies: torch.Tensor | None, probes: tuple[str, ...],
-              budget) -> tuple[dict[str, Any], dict | None, list[Finding], list[dict], bool]:
-    """One scorer: ``(table row, roc curve, new adaptive findings, probe summaries, interrupted)``."""
-    from ..audit import run_probes  # audit calls this module: import at call time
-
+def _evaluate(state: AuditState, name: str, scan_findings: list[Finding], scan_results: list[ProbeResult],
+              adversarial: torch.Tensor | None, anomalies: torch.Tensor | None,
+              probe_names: tuple[str, ...]) -> tuple[dict[str, Any], dict | None, list[Finding], list[dict]]:
+    """One scorer: ``(table row, roc curve, new adaptive findings, probe summaries)``."""
     scorer = make_scorer(name, state.config.scorer_settings)
     reason = scorer.skip_reason(state.adapter)
     if reason is not None:
-        return _empty_row(name, f"not evaluated ({reason})"), None, [], [], False
+        return _empty_row(name, f"not evaluated ({reason})"), None, [], []
+    b = state.baseline
     with state.reporter.task(f"scorer {name}: fit and calibrate", total=None):
-        scorer.fit(state.adapter, state.baseline.reference).calibrate(state.baseline.heldout, state.config.fpr)
+        scorer.fit(state.adapter, b.reference, b.heldout, state.config.fpr)
     normal = scorer.heldout_scores_
     row = _empty_row(name, "", getattr(scorer, "note_", ""), bool(scorer.posthoc))
     row["threshold"] = scorer.threshold_
@@ -145,62 +163,72 @@ def _evaluate(state, name: str, scan_findings: list[Finding], adversarial: torch
         row["adaptive_critical"] = sum(f.severity == "critical" for f in own)
         (row["adaptive_best_distance_ratio"], row["adaptive_best_loss_ratio"],
          row["adaptive_best_normal_quantile"]) = _best_ratios(own, scorer)
-        row["verdict"] = _verdict(row["transferred_detection_rate"], len(own), True, "")
+        row["adaptive_complete"] = all(r.status in ("complete", "skipped") for r in scan_results)
+        row["adaptive_evaluations"] = sum(r.evaluations for r in scan_results)
+        row["verdict"] = _verdict(row["transferred_detection_rate"], len(own), True, "the scan's own searches",
+                                  row["adaptive_complete"], row["adaptive_evaluations"])
         row["note"] = "adaptive search = the scan's own searches against the reconstruction loss"
-        return row, curve, [], [], False
-    objective = Objective(name, scorer.score, tau_min=scorer.min_normal_, tau_op=scorer.threshold_,
-                          differentiable=scorer.differentiable)
-    results, raw, interrupted = run_probes(state, probes, objective, budget,
-                                           score_fn64=scorer.rebind(state.verifier.adapter).score)
-    found, _ = merge_and_rank(raw, state.baseline.scale, top_k=state.config.top_k)
+        return row, curve, [], []
+    search = scorer.search_objective()
+    objective = Objective(name, search.score, tau_min=search.tau_min, tau_op=search.tau_op,
+                          differentiable=search.differentiable)
+    judge = Objective(name, scorer.score, tau_min=scorer.min_normal_, tau_op=scorer.threshold_,
+                      differentiable=scorer.differentiable)
+    results, raw = run_probes(state, adaptive_probes(state, probe_names), objective,
+                              score_fn64=scorer.rebind(state.verifier.adapter).score, verify_objective=judge)
+    found, _ = merge_and_rank(raw, b.scale, top_k=state.config.top_k)
     searched = any(r.evaluations > 0 or r.findings for r in results)
     search_note = "; ".join(f"{r.probe}: {r.reason or r.status}" for r in results) or "no search ran"
-    if not searched and not any(r.status in ("skipped", "error") for r in results):
-        search_note = "no time left in the budget for the adaptive search"
+    if search.note:
+        row["note"] = f"{row['note']}; search: {search.note}" if row["note"] else f"search: {search.note}"
     row["adaptive_findings"] = len(found)
     row["adaptive_critical"] = sum(f.severity == "critical" for f in found)
     (row["adaptive_best_distance_ratio"], row["adaptive_best_loss_ratio"],
      row["adaptive_best_normal_quantile"]) = _best_ratios(found, scorer)
     complete = all(r.status in ("complete", "skipped") for r in results)
-    row["verdict"] = _verdict(row["transferred_detection_rate"], len(found), searched, search_note, complete)
-    return row, curve, found, [r.summary() for r in results], interrupted
+    row["adaptive_complete"] = complete
+    row["adaptive_evaluations"] = sum(r.evaluations for r in results)
+    row["verdict"] = _verdict(row["transferred_detection_rate"], len(found), searched, search_note, complete,
+                              row["adaptive_evaluations"])
+    return row, curve, found, [r.summary() for r in results]
 
 
-def compare_scorers(state, findings: list[Finding], budget) -> dict[str, Any]:
+def compare_scorers(state: AuditState, findings: list[Finding], scan_results: list[ProbeResult]) -> dict[str, Any]:
     """Fit, calibrate, test and attack every scorer in ``state.config.scorers``; the ``scorers``
     section of ``report.json`` (``status``, ``table``, ``roc``, ``adaptive_findings``, ``adaptive_probes``)."""
     names = list(state.config.scorers)
-    probes = adaptive_probe_names(state.config.scorer_settings)
-    recon_found = [f.x for f in findings if f.x is not None and f.objective == "recon"]
+    probe_names = adaptive_probe_names(state.config.scorer_settings)
+    recon_found = [f.x for f in findings if f.x is not None and f.objective == "recon" and f.kind != "non-finite"]
     adversarial = _to_tensor(np.stack(recon_found), state) if recon_found else None
     anomalies = _to_tensor(state.anomalies, state) if state.anomalies is not None and len(state.anomalies) else None
-    out: dict[str, Any] = {"status": "complete", "adaptive_search": list(probes), "high_detection": HIGH_DETECTION,
-                           "table": [], "roc": {}, "adaptive_findings": [], "adaptive_probes": {}}
-    for i, name in enumerate(names):
-        share = budget.share(1.0 / (len(names) - i))
+    out: dict[str, Any] = {"status": "complete", "adaptive_search": list(probe_names), "high_detection": HIGH_DETECTION,
+                           "adaptive_settings": ADAPTIVE_SETTINGS[state.config.effort],
+                           "table": [], "roc": {}, "adaptive_findings": [], "adaptive_probes": {}, "errors": []}
+    for name in names:
+        if (stopped := state.stop.reason()) is not None:
+            out["table"].append(_empty_row(name, f"not evaluated ({stopped})"))
+            out["status"] = "incomplete"
+            continue
         try:
-            row, curve, found, summaries, interrupted = _evaluate(state, name, findings, adversarial, anomalies,
-                                                                  probes, share)
+            row, curve, found, summaries = _evaluate(state, name, findings, scan_results, adversarial, anomalies,
+                                                     probe_names)
         except KeyboardInterrupt:
-            interrupted = True
+            state.stop.interrupt("Ctrl-C")
             row, curve, found, summaries = _empty_row(name, "not evaluated (interrupted)"), None, [], []
+            out["status"] = "incomplete"
         except InputError:
             raise
         except Exception as exc:  # one broken scorer must not hide the others' rows
-            log.error("scorer %s failed: %s: %s", name, type(exc).__name__, exc)
+            log.error("scorer %s failed: %s", name, one_line(exc))
             log.debug("traceback of scorer %s", name, exc_info=True)
-            row, curve, found, summaries = _empty_row(name, f"not evaluated (error: {type(exc).__name__}: {exc})"), None, [], []
-            interrupted = False
+            row, curve, found, summaries = _empty_row(name, f"not evaluated (error: {one_line(exc)})"), None, [], []
+            out["errors"].append(f"scorer {name}: {one_line(exc)}")
         out["table"].append(row)
         if curve is not None:
             out["roc"][name] = curve
         out["adaptive_findings"].extend(f.to_dict(with_arrays=False) for f in found)
         if summaries:
             out["adaptive_probes"][name] = summaries
-        if interrupted or any(s["status"] == "incomplete" for s in summaries):
+        if any(s["status"] == "incomplete" for s in summaries):
             out["status"] = "incomplete"
-        if interrupted:
-            for rest in names[i + 1 :]:
-                out["table"].append(_empty_row(rest, "not evaluated (interrupted)"))
-            break
     return out
