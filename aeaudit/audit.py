@@ -27,7 +27,8 @@ from .findings import Finding, Verifier, merge_and_rank, prefilter, verify
 from .geometry import resolve_domain
 from .model.adapter import AutoencoderAdapter
 from .model.loading import file_sha256, load_model
-from .model.shapes import conv_input_shape, finalize_shapes
+from .model.layout import choose_input_shape
+from .model.shapes import finalize_shapes
 from .probes import Objective, ProbeContext, ProbeResult, make_probe
 from .progress import Reporter
 from .scorers.compare import compare_scorers, scorer_budget_share
@@ -147,7 +148,7 @@ def prepare(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path
     with _timed(timings, "load"):
         adapter = model if isinstance(model, AutoencoderAdapter) else load_model(model, config.load_options())
         arr = load_data(data, key=config.data_key, what="normal data")
-        want = config.input_shape or adapter.input_shape or conv_input_shape(adapter.module, arr.shape[1:])
+        want = choose_input_shape(adapter, torch.as_tensor(np.array(arr[:2]), dtype=torch.float32), config.input_shape)
         arr, shape = shape_samples(arr, want, "normal data")
         adapter.input_shape = shape
         finalize_shapes(adapter, torch.as_tensor(np.array(arr[:2]), dtype=torch.float32))

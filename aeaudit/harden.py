@@ -41,6 +41,7 @@ from .errors import InputError
 from .model.adapter import AutoencoderAdapter
 from .model.formats import TORCHSCRIPT_EXTRAS
 from .model.loading import LoadOptions, file_sha256, load_model
+from .model.layout import unwrap_layout
 from .model.shapes import finalize_shapes
 from .progress import Reporter
 from .report.atomic import atomic_path
@@ -110,7 +111,7 @@ class HardenResult:
         if self.source and path.exists() and path.resolve() == Path(self.source).resolve():
             raise InputError(f"-o {path}: that is the input model; write the hardened model to a new file")
         extras = self.checkpoint_extras()
-        module = self.adapter.module
+        module = unwrap_layout(self.adapter.module)
         with atomic_path(path) as tmp:
             if self.output_format == "torchscript":
                 buffer = io.BytesIO()

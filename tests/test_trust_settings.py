@@ -30,10 +30,13 @@ def checkout(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("settings_file, text", [
-    ("aeaudit.toml", "trust-checkpoint = true\n"),
-    ("pyproject.toml", "[tool.aeaudit]\ntrust-checkpoint = true\n"),
-])
+@pytest.mark.parametrize(
+    "settings_file, text",
+    [
+        ("aeaudit.toml", "trust-checkpoint = true\n"),
+        ("pyproject.toml", "[tool.aeaudit]\ntrust-checkpoint = true\n"),
+    ],
+)
 def test_trust_in_a_found_settings_file_is_refused(checkout, settings_file, text):
     (checkout / settings_file).write_text(text)
     evil = checkout / "evil.pt"
@@ -74,9 +77,15 @@ HOSTILE = "boom <img src=x onerror=alert(1)> ```\n# heading [click](https://evil
 
 def test_markdown_escapes_model_controlled_text():
     report = {
-        "verdict": "ERROR: " + HOSTILE, "status": "complete", "gate": {"failed": False, "fail_on": "high"},
+        "verdict": "ERROR: " + HOSTILE,
+        "status": "complete",
+        "gate": {"failed": False, "fail_on": "high"},
         "probes": [{"probe": "random", "status": "error", "reason": HOSTILE}],
-        "findings": [], "errors": [HOSTILE], "thresholds": {}, "seed": 0, "tool": {"version": "0"},
+        "findings": [],
+        "errors": [HOSTILE],
+        "thresholds": {},
+        "seed": 0,
+        "tool": {"version": "0"},
     }
     text = to_markdown(report)
     for raw in ("<img", "```", "[click](", "@org", " *bold*", "\n# heading"):

@@ -76,13 +76,13 @@ def read_checkpoint(path: Path, trust: bool) -> tuple[Any, str]:
             f"arbitrary code; {TRUST_HINT}")
     log.warning("unpickling %s with full trust (--trust-checkpoint)", path)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False), "pickle"
+        return pyod_envelope(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)), "pickle"
     except Exception:
         pass
     try:
         import joblib
 
-        return joblib.load(io.BytesIO(data)), "pickle"
+        return pyod_envelope(joblib.load(io.BytesIO(data))), "pickle"
     except Exception as exc:
         raise InputError(f"{src}: cannot unpickle ({one_line(exc)}; safe load said: {one_line(safe_error)})") from None
 
@@ -168,6 +168,14 @@ def torchscript_extras(path: Path) -> dict[str, Any]:
     except Exception as exc:
         raise InputError(f"{path}: unreadable {TORCHSCRIPT_EXTRAS} inside the TorchScript archive ({one_line(exc)})") from None
     return extras if isinstance(extras, dict) else {}
+
+
+def pyod_envelope(obj: Any) -> Any:
+    """The detector inside ``pyod.utils.persistence.save``'s envelope (a dict recording library versions
+    beside ``"model"``); any other object as it is."""
+    if isinstance(obj, dict) and "_pyod_persistence_version" in obj and is_pyod_detector(obj.get("model")):
+        return obj["model"]
+    return obj
 
 
 def is_pyod_detector(obj: Any) -> bool:

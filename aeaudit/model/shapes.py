@@ -10,6 +10,7 @@ from torch import nn
 from ..errors import InputError, one_line
 from .adapter import AutoencoderAdapter, resolve_path
 from .formats import MeanPath
+from .layout import fit_layout
 
 
 def guess_input_shape(module: nn.Module) -> tuple[int, ...] | None:
@@ -67,6 +68,7 @@ def finalize_shapes(adapter: AutoencoderAdapter, sample: torch.Tensor) -> None:
     Drops an encoder/decoder split that does not reproduce ``forward`` (with the reason).
     """
     x = sample[:2].to(adapter.device, adapter.dtype)
+    fit_layout(adapter, adapter._to_model_space(x))
     try:
         with torch.no_grad():
             xm, rec = adapter.reconstruct_model_space(x)
