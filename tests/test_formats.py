@@ -35,7 +35,7 @@ def mnist_like():
 
 def _scan(path, data, **options):
     return aeaudit.scan(
-        path, data, probes=("random", *LATENT_PROBES), scorers=(), budget=6, device="cpu", seed=0, **options
+        path, data, probes=("random", *LATENT_PROBES), scorers=(), budget=3, device="cpu", seed=0, **options
     )
 
 
@@ -136,3 +136,111 @@ def test_pyod_persistence_envelope_loads_only_with_trust(tmp_path):
     np.testing.assert_allclose(
         adapter.losses(torch.as_tensor(data)).numpy(), det.decision_function(data), rtol=1e-5, atol=1e-5
     )
+
+
+# --------------------------------------------------------------------------- ONNX
+def _onnx_export(model, x, path, dynamic=True):
+    pytest.importorskip("onnx")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter (no onnxscript needed) warns that it is legacy
+        torch.onnx.export(
+            model.eval(),
+            (x,),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}} if dynamic else None,
+        )
+    return path
+
+
+ONNX_MODELS = {
+    "mlp": (lambda: trained_toy(), (2,)),
+    "conv": (
+        lambda: __import__("aeaudit.zoo", fromlist=["ConvAutoencoder"]).ConvAutoencoder(latent_dim=2),
+        (1, 28, 28),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ONNX_MODELS))
+def test_onnx_converts_to_torch_and_matches_the_model(tmp_path, name):
+    make, shape = ONNX_MODELS[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.rand(5, *shape)
+    path = _onnx_export(model, x[:2], tmp_path / "model.bin")  # any name: told by content
+    adapter = load_model(path, device="cpu")
+    assert adapter.card.format == "onnx" and adapter.card.differentiable
+    assert adapter.input_shape == shape
+    finalize_shapes(adapter, x)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.reconstruct(x), model(x), rtol=1e-4, atol=1e-5)
+    xg = x.clone().requires_grad_(True)  # gradients flow: the PGD probes can run
+    adapter.loss(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    exact = adapter.to("cpu", torch.float64)
+    assert exact.losses(x.double()).dtype == torch.float64
+
+
+def test_onnx_scan_runs_gradient_probes(tmp_path):
+    model = trained_toy()
+    path = _onnx_export(model, torch.zeros(2, 2), tmp_path / "model.onnx")
+    report = aeaudit.scan(
+        path, gaussian_data(64, seed=1), probes=("random", "pgd-input"), scorers=(), budget=4, device="cpu", seed=0
+    ).to_dict()
+    status = {p["probe"]: p["status"] for p in report["probes"]}
+    assert status["pgd-input"] in ("complete", "incomplete"), report["probes"]
+    assert report["model"]["format"] == "onnx"
+
+
+class _WithSine(torch.nn.Module):
+    """ONNX ``Sin`` is not in the converted subset: the graph runs on onnxruntime."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = trained_toy()
+
+    def forward(self, x):
+        return self.net(x) + 0.01 * torch.sin(x)
+
+
+def test_unconvertible_onnx_runs_on_onnxruntime_without_gradients(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = _WithSine().eval()
+    path = _onnx_export(model, torch.zeros(2, 2), tmp_path / "model.onnx")
+    adapter = load_model(path, device="cpu")
+    assert not adapter.card.differentiable
+    assert any("onnxruntime" in n and "Sin" in n for n in adapter.card.notes), adapter.card.notes
+    x = torch.as_tensor(gaussian_data(6, seed=4))
+    finalize_shapes(adapter, x)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.reconstruct(x), model(x), rtol=1e-5, atol=1e-6)
+    exact = adapter.to("cpu", torch.float64)  # the verifier's copy opens its own session
+    assert exact.losses(x.double()).shape == (6,)
+    report = aeaudit.scan(
+        path, gaussian_data(64, seed=1), probes=("random",), scorers=(), budget=3, device="cpu", seed=0
+    ).to_dict()
+    assert [p["status"] for p in report["probes"]] == ["complete"]
+
+
+def test_onnx_external_data_outside_the_model_folder_is_refused(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    path = _onnx_export(trained_toy(), torch.zeros(2, 2), tmp_path / "model.onnx")
+    model = onnx.load(str(path))
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 64)
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", "../secret.bin"
+    inner = tmp_path / "models"
+    inner.mkdir()
+    onnx.save(model, str(inner / "model.onnx"))
+    with pytest.raises(InputError, match="outside the model's folder") as err:
+        load_model(inner / "model.onnx", device="cpu")
+    assert "\n" not in str(err.value)

@@ -19,6 +19,7 @@ from .architecture import build_architecture
 from .formats import (FixedBatch, MeanPath, export_signature, find_state_dict, from_pyod, is_pyod_detector,
                       module_key, read_checkpoint, torchscript_extras)
 from .inventory import describe
+from .onnx_import import load_onnx
 from .shapes import guess_input_shape
 
 SPLIT_CANDIDATES = (("encoder", "decoder"), ("enc", "dec"), ("encode", "decode"))
@@ -93,8 +94,10 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions | None = Non
         if fmt == "torchscript":
             extras = torchscript_extras(path)
 
-    program, input_hint = None, None
-    if fmt == "torch.export":
+    program, input_hint, format_note = None, None, ""
+    if fmt == "onnx":
+        module, input_hint, format_note = load_onnx(obj, path)
+    elif fmt == "torch.export":
         program, input_hint, batch = export_signature(obj, src_name)
         module = program if batch is None else FixedBatch(program, batch)
     elif isinstance(obj, dict) and (key := module_key(obj)) is not None:  # trusted {"model": nn.Module, ...}
@@ -131,6 +134,9 @@ def load_model(source: str | Path | nn.Module, options: LoadOptions | None = Non
     if isinstance(module, FixedBatch):
         adapter.card.notes.append(f"exported with a fixed batch size of {module.batch}: run in padded chunks of that "
                                   "size; export with a dynamic batch dimension for speed")
+    if format_note:
+        adapter.card.notes.append(format_note)
+    adapter.card.differentiable = getattr(module, "differentiable", True)
     adapter.card.sha256 = sha
     adapter.card.device = str(device)
     adapter.checkpoint_extras = extras
