@@ -122,6 +122,7 @@ def pt2_opaque_constant(folder: Path, marker: Path) -> Path:
     def change(doc):
         for meta in doc["config"].values():
             meta["path_name"] = "opaque_obj_0"
+            meta["use_pickle"] = True  # torch then skips the raw-tensor read and reaches pickle.loads
 
     edit_config = _edit_json("model_constants_config.json", change)
     stem = "clean_o"

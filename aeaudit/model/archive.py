@@ -80,11 +80,14 @@ def is_onnx(data: bytes) -> bool:
 class ZipView:
     """A torch zip archive as torch's own reader sees it: record names without the root folder."""
 
-    reader: torch._C.PyTorchFileReader
+    reader: torch._C.PyTorchFileReader | None  # None: not a torch archive (e.g. torch.export's pre-2.8 layout)
     names: frozenset[str]
     src: str
+    data: bytes
 
     def read(self, name: str) -> bytes:
+        if self.reader is None:
+            return zipfile.ZipFile(io.BytesIO(self.data)).read(name)
         return self.reader.get_record(name)
 
     def text(self, name: str) -> str:
@@ -92,8 +95,8 @@ class ZipView:
 
 
 def open_zip(data: bytes, src: str) -> ZipView | None:
-    """``None`` when ``data`` is not a zip; an error for zips whose members are ambiguous (duplicate
-    names, names escaping their folder) or that torch's reader cannot open."""
+    """``None`` when ``data`` is not a zip; an error for zips whose members are ambiguous (duplicate names,
+    names escaping their folder, members that torch's reader and Python's do not agree on)."""
     if not zipfile.is_zipfile(io.BytesIO(data)):
         return None
     try:
@@ -112,15 +115,19 @@ def open_zip(data: bytes, src: str) -> ZipView | None:
         parts = name.split("/")
         if name.startswith("/") or "\\" in name or "\x00" in name or ".." in parts:
             raise InputError(f"{src}: the archive member {name!r} points outside the archive; re-save the model")
+    files = [info.filename for info in infos if not info.filename.endswith("/")]
     try:
         reader = torch._C.PyTorchFileReader(io.BytesIO(data))
         names = frozenset(reader.get_all_records())
-    except Exception as exc:
+    except Exception:  # members outside one root folder: torch's reader refuses the zip, Python's lists it
+        return ZipView(None, frozenset(files), src, data)
+    listed = {name.split("/", 1)[-1] for name in files}
+    if listed != names:
         raise InputError(
-            f"{src}: a zip archive torch cannot read ({one_line(exc)}); expected TorchScript, "
-            ".pt2 or a torch.save'd state_dict"
-        ) from None
-    return ZipView(reader, names, src)
+            f"{src}: torch's zip reader and Python's list different members in this archive "
+            f"({', '.join(sorted(listed ^ names)[:3])}); it is refused as ambiguous; re-save the model"
+        )
+    return ZipView(reader, names, src, data)
 
 
 def zip_kind(view: ZipView) -> str:
@@ -226,15 +233,15 @@ def _check_payloads(view: ZipView, config_name: str, what: str) -> None:
         raise InputError(f"{view.src}: {config_name} is not a torch.export payload config")
     for fqn, meta in entries.items():
         meta = meta if isinstance(meta, dict) else {}
+        path = str(meta.get("path_name", ""))
+        if what == "constant" and not path.startswith("tensor_"):
+            raise _untrusted(view.src, f"its constant {fqn!r} is a pickled or custom object ({path}), not a tensor")
         if meta.get("use_pickle"):
             raise _untrusted(
                 view.src,
                 f"its {what} {fqn!r} is pickled (use_pickle), and torch unpickles it "
                 "with weights_only=False, which can run code",
             )
-        path = str(meta.get("path_name", ""))
-        if what == "constant" and not path.startswith("tensor_"):
-            raise _untrusted(view.src, f"its constant {fqn!r} is a pickled or custom object ({path}), not a tensor")
 
 
 def _check_sample_inputs(view: ZipView, name: str) -> None:
