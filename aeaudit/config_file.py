@@ -5,6 +5,10 @@ checkpoint argument. The file's values become the command's defaults (click's
 ``default_map``, as black does), so a flag given on the command line always wins. Unknown
 keys are an error that names them; a value of the wrong type is an error that names the key.
 Relative paths in a file are relative to the file's folder.
+
+Settings that run code — ``trust-checkpoint = true`` (unpickling) and an ``arch`` that imports a
+file or module — are taken only from a file named with ``--config``: a file found in the current
+folder may have come with the checkout being scanned, and it must not vouch for itself.
 """
 from __future__ import annotations
 
@@ -109,6 +113,20 @@ def _base_type(hint: Any) -> type:
     return args[0] if len(args) == 1 and get_origin(hint) is not None else hint
 
 
+def refuse_found_code_settings(values: dict[str, Any], where: str, path: Path) -> None:
+    """Trust comes from the person running the scan: not from a settings file found beside the files scanned."""
+    runs_code = []
+    if values.get("trust_checkpoint") is True:
+        runs_code.append("trust-checkpoint = true (unpickling runs code from the checkpoint)")
+    arch = values.get("arch")
+    if isinstance(arch, str) and not arch.strip().startswith("mlp:"):
+        runs_code.append(f"arch = {arch!r} (imports and runs that code)")
+    if runs_code:
+        raise InputError(f"{where}: {'; '.join(runs_code)} is accepted only from a settings file named with --config "
+                         f"or from the command line, not from one found in the current folder; "
+                         f"pass --config {path} if you vouch for it")
+
+
 def apply_config_file(ctx: Any, explicit: str | Path | None) -> Path | None:
     """Load the settings file for the typer/click context ``ctx`` and make its values the
     command's defaults. Call it from an eager option's callback, before the other parameters
@@ -118,6 +136,8 @@ def apply_config_file(ctx: Any, explicit: str | Path | None) -> Path | None:
         return None
     names = [p.name for p in ctx.command.params]
     values = resolve_keys(settings, names, where)
+    if explicit is None:
+        refuse_found_code_settings(values, where, path)
     hints = get_type_hints(inspect.unwrap(ctx.command.callback))
     converted = {name: convert(value, _base_type(hints.get(name, str)), name, where, path.parent)
                  for name, value in values.items()}

@@ -34,6 +34,7 @@ from .data import load_data
 from .errors import InputError
 from .model.adapter import AutoencoderAdapter
 from .model.formats import TORCHSCRIPT_EXTRAS
+from .model.layout import unwrap_layout
 from .model.loading import LoadOptions, file_sha256, open_model
 from .progress import Reporter
 from .report.atomic import atomic_path
@@ -151,7 +152,7 @@ class HardenResult:
         if self.source and path.exists() and path.resolve() == Path(self.source).resolve():
             raise InputError(f"-o {path}: that is the input model; write the hardened model to a new file")
         extras = self.checkpoint_extras()
-        module = self.adapter.module
+        module = unwrap_layout(self.adapter.module)
         with atomic_path(path) as tmp:
             if self.output_format == "torchscript":
                 buffer = io.BytesIO()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import _common as C
-from aeaudit.model import finalize_shapes, load_model
+from aeaudit.model import load_model
 from aeaudit.scorers.energy import EnergyScorer
 from aeaudit.zoo import ConvAutoencoder
 
@@ -43,15 +43,15 @@ def main() -> None:
     model = ConvAutoencoder(latent_dim=2)
     epochs = 1 if args.smoke else args.epochs
     C.train_plain(model, train, steps=epochs * (len(train) // 64 + 1), lr=2e-3, seed=0)
-    adapter = load_model(model, device=args.device, input_shape=(1, 28, 28))
-    finalize_shapes(adapter, torch.as_tensor(train[:2]))
+    adapter = load_model(model, train[:2], device=args.device, input_shape=(1, 28, 28))
     as_t = lambda a: torch.as_tensor(a).to(adapter.device)  # noqa: E731
     recon = C.batched(adapter.loss, test), C.batched(adapter.loss, others), C.batched(adapter.loss, noise)
     rows = [{"score": "reconstruction loss", "auroc_other_digits": C.auroc(recon[0], recon[1]),
              "auroc_noise": C.auroc(recon[0], recon[2])}]
     settings = [("sgd", 0.5, s) for s in (5, 10, 20, 50)] + [("adam", 0.01, s) for s in (10, 20, 50)]
     for optimizer, alpha, steps in (settings[:2] if args.smoke else settings):
-        scorer = EnergyScorer(alpha=alpha, steps=steps, optimizer=optimizer).fit(adapter, as_t(train))
+        scorer = EnergyScorer(alpha=alpha, steps=steps, optimizer=optimizer).fit(adapter, as_t(train), as_t(test[:64]),
+                                                                                0.05)
         t = time.perf_counter()
         proj = [scorer.project(as_t(a)) for a in (test, others, noise)]
         rate = sum(len(a) for a in (test, others, noise)) / (time.perf_counter() - t)

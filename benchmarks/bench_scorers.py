@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from aeaudit.model import finalize_shapes, load_model
+from aeaudit.model import load_model
 from aeaudit.scorers.energy import EnergyScorer
 from aeaudit.scorers.gradcon import (GradConScorer, decoder_weight_layers, gradcon_score, per_sample_grads_hooks,
                                      per_sample_grads_loop)
@@ -37,9 +37,7 @@ def best_of(fn, reps: int) -> tuple[float, object]:
 
 
 def adapter_for(module: torch.nn.Module, x: torch.Tensor, dtype=torch.float32):
-    adapter = load_model(module.to(dtype), device="cpu", input_shape=tuple(x.shape[1:]))
-    finalize_shapes(adapter, x[:2].to(dtype))
-    return adapter
+    return load_model(module.to(dtype), x[:2].to(dtype), device="cpu", input_shape=tuple(x.shape[1:]))
 
 
 def bench_gradcon(n: int, reps: int, loop_n: int) -> dict:
@@ -48,7 +46,7 @@ def bench_gradcon(n: int, reps: int, loop_n: int) -> dict:
     adapter = adapter_for(GradConCAE(), x)
     names, _ = decoder_weight_layers(adapter)
     out = {"inputs": n, "decoder_layers": names}
-    scorers = {m: GradConScorer(method=m).fit(adapter, x) for m in ("hooks", "func")}
+    scorers = {m: GradConScorer(method=m).fit(adapter, x, x[:64], 0.05) for m in ("hooks", "func")}
     refs = scorers["hooks"].reference_
 
     def floor():
@@ -89,7 +87,7 @@ def bench_energy(n: int, reps: int) -> dict:
     torch.manual_seed(0)
     x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     adapter = adapter_for(ConvAutoencoder(latent_dim=2), x)
-    scorer = EnergyScorer().fit(adapter, x[:64])
+    scorer = EnergyScorer().fit(adapter, x[:64], x[64:128], 0.05)
     scorer.tau_min_ = 0.0  # no early stop: every input takes every step (the worst case)
     t, proj = best_of(lambda: scorer.project(x), reps)
     return {"inputs": n, "steps": scorer.steps, "optimizer": scorer.optimizer, "seconds": t, "inputs_per_s": n / t,

@@ -30,7 +30,6 @@ import torch
 import _common as C
 from aeaudit import scan
 from aeaudit.audit import prepare
-from aeaudit.budget import Budget
 from aeaudit.config import ScanConfig
 from aeaudit.geometry import NearestNeighbours
 from aeaudit.probes import PROBES
@@ -83,8 +82,8 @@ def planted_model(args, seed: int = 0) -> tuple[torch.nn.Module, np.ndarray]:
 
 # --------------------------------------------------------------------------- 1. PGD step cost
 def step_cost(args, model: torch.nn.Module, data: np.ndarray) -> dict:
-    state = prepare(model, data, ScanConfig(quiet=True, scorers=(), device=args.device, seed=0))
-    adapter, ctx = state.adapter, state.context(state.recon_objective(), Budget(None))
+    state = prepare(model, data, ScanConfig().with_overrides(quiet=True, scorers=(), device=args.device, seed=0))
+    adapter, ctx = state.adapter, state.context(state.recon_objective())
     gen = torch.Generator().manual_seed(0)
     x = torch.as_tensor(data[torch.randint(0, len(data), (args.starts,), generator=gen).numpy()]).to(adapter.device, adapter.dtype)
     z = adapter.encode(x).detach().reshape(args.starts, -1)
@@ -104,7 +103,7 @@ def step_cost(args, model: torch.nn.Module, data: np.ndarray) -> dict:
         torch.autograd.grad(adapter.loss(a).sum(), zz)
 
     def pgd(name: str, steps: int) -> Callable[[], object]:
-        probe = PROBES[name](steps=steps, starts=args.starts, restarts=0, farthest_share=0.0, patience=10**9)
+        probe = PROBES[name](steps=steps, starts=args.starts, restarts=0, farthest_starts=0, patience=10**9)
         return lambda: probe.run(ctx)
 
     short, long = (2, 6) if args.smoke else (10, 60)
@@ -200,10 +199,10 @@ def nearest_neighbours(args) -> dict:
 def power(args, label: str, model: torch.nn.Module, data: np.ndarray) -> dict:
     budget = 2.0 if args.smoke else args.budget
     rows = {}
-    settings = {"pgd-latent": {"restarts": 10**6}, "pgd-input": {"restarts": 10**6}, "random": {"samples": 0}}
-    for probe in ("pgd-latent", "pgd-input", "random"):  # each keeps searching until the budget runs out
+    settings = {"pgd-latent": {"restarts": 10**6}, "pgd-input": {"restarts": 10**6}, "random": {"samples": 2**40}}
+    for probe in ("pgd-latent", "pgd-input", "random"):  # each keeps searching until the time limit stops it
         t = time.perf_counter()
-        r = scan(model, data, budget=budget, probes=(probe,), scorers=(), quiet=True, device=args.device,
+        r = scan(model, data, time_limit=budget, probes=(probe,), scorers=(), quiet=True, device=args.device,
                  probe_settings=settings[probe])
         f = r.findings
         rows[probe] = {"seconds": time.perf_counter() - t, "evaluations": r.probes[0]["evaluations"],

@@ -23,7 +23,7 @@ ANALYTIC = ("pca-reference", "affine", "far-field")
 
 
 def _context(model, data, **settings):
-    state = prepare(model, data, ScanConfig(quiet=True, **settings))
+    state = prepare(model, data, ScanConfig().with_overrides(quiet=True, **settings))
     return state, state.context(state.recon_objective())
 
 

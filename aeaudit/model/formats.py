@@ -18,72 +18,85 @@ from torch import nn
 
 from ..errors import InputError, UntrustedCheckpointError, one_line
 from .adapter import Standardizer
+from .archive import check_pt2, check_torchscript, is_onnx, is_safetensors, looks_like_pickle, open_zip, zip_kind
+from .graph_guard import TRUST_HINT, check_exported_program, check_script_module
 
 log = logging.getLogger(__name__)
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "network", "weights", "params")
 TORCHSCRIPT_EXTRAS = "aeaudit_extras.pt"  # checkpoint extras inside a TorchScript archive (aeaudit harden)
-TRUST_HINT = "pass --trust-checkpoint (trust_checkpoint=True) only if you trust where the file came from"
-
-
-def _zip_names(path: Path) -> list[str] | None:
-    if not zipfile.is_zipfile(path):
-        return None
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.namelist()
-    except zipfile.BadZipFile:
-        return None
 
 
 def read_checkpoint(path: Path, trust: bool) -> tuple[Any, str]:
-    """Return ``(object, format name)``."""
-    names = _zip_names(path)
-    if path.suffix == ".pt2" or (names and any("serialized_exported_program" in n for n in names)):
+    """Return ``(object, format name)``. The format is told by the file's content, never its name; the
+    file is read once, checked (:mod:`.archive`, :mod:`.graph_guard`), and torch loads those same bytes."""
+    data = path.read_bytes()
+    src = str(path)
+    view = open_zip(data, src)
+    kind = zip_kind(view) if view is not None else None
+    if kind in ("torch.export", "torch.export (legacy)"):
+        if kind == "torch.export":
+            check_pt2(view, trust)
+        elif not trust:
+            raise UntrustedCheckpointError(
+                f"{src}: refusing to load: a torch.export archive in the layout of torch < 2.8, whose weights torch "
+                f"unpickles with weights_only=False; re-save it with torch.export.save of torch >= 2.8, or {TRUST_HINT}")
         try:
-            program = torch.export.load(str(path))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                program = torch.export.load(io.BytesIO(data))
         except Exception as exc:
-            raise InputError(f"{path}: not a readable torch.export program ({one_line(exc)})") from None
+            raise InputError(f"{src}: not a readable torch.export program ({one_line(exc)})") from None
+        check_exported_program(program, src, trust)
         return program, "torch.export"
-    if names and any("/code/" in n or n.endswith("constants.pkl") for n in names):
+    if kind == "torchscript":
+        check_torchscript(view, trust)
         try:
-            return torch.jit.load(str(path), map_location="cpu"), "torchscript"
+            module = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as exc:
-            raise InputError(f"{path}: not a readable TorchScript archive ({one_line(exc)})") from None
+            raise InputError(f"{src}: not a readable TorchScript archive ({one_line(exc)})") from None
+        check_script_module(module, src, trust)
+        return module, "torchscript"
+    if view is None and is_safetensors(data):
+        return read_safetensors(data, src), "safetensors"
+    if view is None and is_onnx(data):
+        return data, "onnx"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(str(path), map_location="cpu", weights_only=True), "state_dict"
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), "state_dict"
     except Exception as exc:  # UnpicklingError: objects beyond tensors, refused below unless trusted
-        if names is None and not _looks_like_pickle(path):
-            raise InputError(f"{path}: not a checkpoint aeaudit can read ({one_line(exc)}); "
-                             "expected TorchScript, .pt2, a torch.save'd state_dict or a pickled model") from None
+        if view is None and not looks_like_pickle(data):
+            raise InputError(f"{src}: not a checkpoint aeaudit can read ({one_line(exc)}); expected TorchScript, "
+                             ".pt2, ONNX, safetensors, a torch.save'd state_dict or a pickled model") from None
         safe_error = exc
     if not trust:
         raise UntrustedCheckpointError(
-            f"{path}: refusing to load: this checkpoint holds pickled Python objects and unpickling can run "
+            f"{src}: refusing to load: this checkpoint holds pickled Python objects and unpickling can run "
             f"arbitrary code; {TRUST_HINT}")
     log.warning("unpickling %s with full trust (--trust-checkpoint)", path)
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=False), "pickle"
+        return pyod_envelope(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)), "pickle"
     except Exception:
         pass
     try:
         import joblib
 
-        return joblib.load(path), "pickle"
+        return pyod_envelope(joblib.load(io.BytesIO(data))), "pickle"
     except Exception as exc:
-        raise InputError(f"{path}: cannot unpickle ({one_line(exc)}; safe load said: {one_line(safe_error)})") from None
+        raise InputError(f"{src}: cannot unpickle ({one_line(exc)}; safe load said: {one_line(safe_error)})") from None
 
 
-# Pickle protocol ≥ 2 opens with 0x80; joblib may compress its pickle with zlib, gzip, bz2, xz or lzma.
-PICKLE_MAGICS = (b"\x80", b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"]\x00\x00")
-
-
-def _looks_like_pickle(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(6)
-    return head.startswith(PICKLE_MAGICS)
+def read_safetensors(data: bytes, src: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors (no pickling anywhere in the format); its architecture comes from ``--arch``."""
+    try:
+        from safetensors.torch import load as load_safetensors
+    except ImportError:
+        raise InputError(f"{src} is a safetensors file; install its reader: pip install 'aeaudit[formats]'") from None
+    try:
+        return load_safetensors(data)
+    except Exception as exc:
+        raise InputError(f"{src}: not a readable safetensors file ({one_line(exc)})") from None
 
 
 def find_state_dict(obj: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -155,6 +168,14 @@ def torchscript_extras(path: Path) -> dict[str, Any]:
     except Exception as exc:
         raise InputError(f"{path}: unreadable {TORCHSCRIPT_EXTRAS} inside the TorchScript archive ({one_line(exc)})") from None
     return extras if isinstance(extras, dict) else {}
+
+
+def pyod_envelope(obj: Any) -> Any:
+    """The detector inside ``pyod.utils.persistence.save``'s envelope (a dict recording library versions
+    beside ``"model"``); any other object as it is."""
+    if isinstance(obj, dict) and "_pyod_persistence_version" in obj and is_pyod_detector(obj.get("model")):
+        return obj["model"]
+    return obj
 
 
 def is_pyod_detector(obj: Any) -> bool:

@@ -57,6 +57,7 @@ class ModelCard:
     device: str = "cpu"
     dtype: str = "float32"
     notes: list[str] = field(default_factory=list)
+    differentiable: bool = True  # False: the model runs without gradients (onnxruntime); gradient probes cannot run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,6 +35,8 @@ from .formats import (
     torchscript_extras,
 )
 from .inventory import describe
+from .layout import data_shape_fits
+from .onnx_import import load_onnx
 from .shapes import conv_input_shape, guess_input_shape, settle
 
 SPLIT_CANDIDATES = (("encoder", "decoder"), ("enc", "dec"), ("encode", "decode"))
@@ -125,6 +127,9 @@ def read_model(source: str | Path | nn.Module, options: LoadOptions) -> RawModel
 
 
 def _from_checkpoint(obj: Any, fmt: str, src: str, options: LoadOptions) -> RawModel:
+    if fmt == "onnx":
+        module, hint, note = load_onnx(obj, Path(src))
+        return RawModel(module, fmt, src, input_hint=hint, notes=[note] if note else [])
     if fmt == "torch.export":
         program, hint, batch = export_signature(obj, src)
         raw = RawModel(program if batch is None else FixedBatch(program, batch), fmt, src, input_hint=hint,
@@ -185,10 +190,17 @@ def _find_split(module: nn.Module, options: LoadOptions, fmt: str) -> tuple[str 
 
 
 def input_layout(raw: RawModel, data: np.ndarray, options: LoadOptions) -> tuple[int, ...] | None:
-    """The per-sample shape the data is given to the model in: ``--input-shape``, the exported
-    signature, the width of a first linear layer, or the channel layout a first convolution needs."""
-    return (options.input_shape or raw.input_hint or guess_input_shape(raw.module)
-            or conv_input_shape(raw.module, tuple(data.shape[1:])))
+    """The per-sample shape the data is given to the model in: ``--input-shape``; else the data's own
+    shape when the model takes it; else the exported signature, the width of a first linear layer,
+    or the channel layout a first convolution needs."""
+    if options.input_shape:
+        return options.input_shape
+    dtype = next((p.dtype for p in raw.module.parameters() if p.is_floating_point()), torch.float32)
+    sample = torch.as_tensor(np.array(data[:2])).to(_device(raw.module), dtype)
+    preprocess = raw.preprocess.to(_device(raw.module), dtype) if raw.preprocess is not None else None
+    if data_shape_fits(raw.module, preprocess, sample):
+        return tuple(data.shape[1:])
+    return raw.input_hint or guess_input_shape(raw.module) or conv_input_shape(raw.module, tuple(data.shape[1:]))
 
 
 def bind(raw: RawModel, data: np.ndarray, options: LoadOptions) -> tuple[AutoencoderAdapter, np.ndarray]:
@@ -203,6 +215,7 @@ def bind(raw: RawModel, data: np.ndarray, options: LoadOptions) -> tuple[Autoenc
         card.preprocessing = preprocess.describe()
     enc_path, dec_path, reason = _find_split(raw.module, options, raw.format)
     card.notes.extend(raw.notes)
+    card.differentiable = getattr(raw.module, "differentiable", True)
     card.sha256, card.device, card.dtype = raw.sha256, str(_device(raw.module)), str(dtype).replace("torch.", "")
     adapter = AutoencoderAdapter(module=raw.module, input_shape=tuple(shape), card=card, encoder_path=enc_path,
                                  decoder_path=dec_path, preprocess=preprocess, split_reason=reason,

@@ -12,6 +12,7 @@ from torch import nn
 from ..errors import InputError, one_line
 from .adapter import AutoencoderAdapter
 from .formats import MeanPath
+from .layout import fit_layout
 
 
 def _kind(module: nn.Module) -> str:
@@ -105,6 +106,7 @@ def settle(adapter: AutoencoderAdapter, sample: torch.Tensor) -> AutoencoderAdap
     ``forward`` is dropped (with the reason in ``split_reason`` and the model card)."""
     x = sample[:2].to(adapter.device, adapter.dtype)
     xm = adapter.to_model_space(x)
+    adapter = fit_layout(adapter, xm)
     rec, index = _output(adapter, xm)
     _check_finite(rec)
     adapter = replace(adapter, output_index=index)

@@ -106,6 +106,7 @@ class Probe(ABC):
     kind: ClassVar[str] = "search"
     needs_latent: ClassVar[bool] = False
     supports_objective: ClassVar[bool] = True  # False: only meaningful for the reconstruction loss
+    needs_gradients: ClassVar[bool] = False  # True: cannot run on a model without autograd (onnxruntime)
     effort_presets: ClassVar[dict[str, dict[str, Any]]] = {}  # --effort → settings (standard = the defaults)
 
     def params(self) -> dict[str, Any]:
@@ -116,6 +117,8 @@ class Probe(ABC):
             return f"needs an encoder/decoder split: {ctx.adapter.split_reason}"
         if not self.supports_objective and ctx.objective.name != "recon":
             return f"{self.name} only applies to the reconstruction loss"
+        if self.needs_gradients and not ctx.adapter.card.differentiable:
+            return "needs gradients through the model, which runs without them here (onnxruntime)"
         return None
 
     def run(self, ctx: ProbeContext) -> ProbeResult:

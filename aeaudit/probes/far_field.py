@@ -68,6 +68,7 @@ class FarField(Probe):
     name: ClassVar[str] = "far-field"
     kind: ClassVar[str] = "analytic"
     supports_objective: ClassVar[bool] = False
+    needs_gradients: ClassVar[bool] = True  # the sphere optimisation and the refinement differentiate the model
     effort_presets: ClassVar[dict] = {
         "quick": {"random_rays": 16, "sphere_starts": 32, "sphere_steps": 100},
         "thorough": {"random_rays": 64, "sphere_starts": 128, "sphere_steps": 300, "optimised_rays": 16},

@@ -104,6 +104,7 @@ class PGDSearch(Probe):
     """
 
     kind: ClassVar[str] = "search"
+    needs_gradients: ClassVar[bool] = True
     space_name: ClassVar[str] = "input"
     salt: ClassVar[int] = 0
     effort_presets: ClassVar[dict] = {

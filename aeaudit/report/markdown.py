@@ -1,4 +1,9 @@
-"""A short Markdown summary of the audit, sized for a pull-request comment."""
+"""A short Markdown summary of the audit, sized for a pull-request comment.
+
+Text that a model or its files control (exception messages, file names, probe notes) is escaped:
+a pull-request comment renders HTML, code fences, links and @mentions, and none of those may come
+from a checkpoint.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,13 +15,20 @@ from .fmt import normalise, num
 TOP_FINDINGS = 5
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+# Characters that would start HTML, a code span or fence, a link or image, emphasis, a table cell or a mention.
+MARKDOWN_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "`": "&#96;", "@": "&#64;", "\\": "\\\\", "|": "\\|",
+                    "[": "\\[", "]": "\\]", "*": "\\*", "_": "\\_", "~": "\\~", "!": "\\!"}
+_ESCAPE_TABLE = str.maketrans(MARKDOWN_ESCAPES)
+
+
+def escape(value: Any) -> str:
+    """``value`` as inert Markdown text on one line."""
+    return " ".join(str(value).split()).translate(_ESCAPE_TABLE)
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(escape(v) for v in row) + " |" for row in rows]
     return lines
 
 
@@ -25,7 +37,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     report = normalise(report)
     gate = report.get("gate") or {}
     icon = "❌" if gate.get("failed") else ("⚠️" if report.get("errors") else "✅")
-    lines = [f"### {icon} aeaudit: {report.get('verdict', '')}", ""]
+    lines = [f"### {icon} aeaudit: {escape(report.get('verdict', ''))}", ""]
     if report.get("status") != "complete":
         lines += ["**Incomplete:** the time budget or an interrupt cut some work short; results so far are shown.", ""]
     findings = report.get("findings") or []
@@ -47,11 +59,11 @@ def to_markdown(report: dict[str, Any]) -> str:
                   r.get("verdict", "")] for r in table]
         lines += _table(["scorer", "detects recon findings", "adaptive findings", "verdict"], srows) + [""]
     for err in report.get("errors") or []:
-        lines.append(f"- error: {_cell(err)}")
+        lines.append(f"- error: {escape(err)}")
     t = report.get("thresholds") or {}
     lines += [f"<sub>τ_min {num(t.get('tau_min'))} · τ_op {num(t.get('tau_op'))} · s {num(t.get('scale'))} · "
-              f"δ {num(t.get('min_distance'))} · gate --fail-on {gate.get('fail_on')} · seed {report.get('seed')} · "
-              f"aeaudit {(report.get('tool') or {}).get('version', '')} · full report: report.html</sub>", ""]
+              f"δ {num(t.get('min_distance'))} · gate --fail-on {escape(gate.get('fail_on'))} · seed {escape(report.get('seed'))} · "
+              f"aeaudit {escape((report.get('tool') or {}).get('version', ''))} · full report: report.html</sub>", ""]
     return "\n".join(lines)
 
 

@@ -42,6 +42,7 @@ class Scorer(ABC):
     differentiable: ClassVar[bool] = True
     description: ClassVar[str] = ""
     checkpoint_keys: ClassVar[tuple[str, ...]] = ()  # what a model trained with this method carries
+    needs_gradients: ClassVar[bool] = False  # True: the score differentiates the model itself
     training_parameters: ClassVar[tuple[str, ...]] = ()  # harden's settings this method's objective takes
 
     def params(self) -> dict[str, Any]:
@@ -49,6 +50,8 @@ class Scorer(ABC):
 
     def skip_reason(self, adapter: AutoencoderAdapter) -> str | None:
         """Why this score cannot apply to ``adapter`` (e.g. it needs a latent code), or ``None``."""
+        if self.needs_gradients and not adapter.card.differentiable:
+            return "needs gradients through the model, which runs without them here (onnxruntime)"
         return None
 
     def fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor, heldout: torch.Tensor, fpr: float) -> Scorer:

@@ -67,6 +67,7 @@ class EnergyScorer(Scorer):
     name: ClassVar[str] = "energy"
     differentiable: ClassVar[bool] = True
     description: ClassVar[str] = "iterative energy-based projection (Dehaene et al., ICLR 2020)"
+    needs_gradients: ClassVar[bool] = True
 
     alpha: float = 0.5
     lam: float = 0.05

@@ -275,6 +275,7 @@ class GradConScorer(Scorer):
     description: ClassVar[str] = "GradCon: reconstruction loss minus β × gradient alignment (Kwon et al., ECCV 2020)"
     checkpoint_keys: ClassVar[tuple[str, ...]] = (REFERENCE_KEY,)
     training_parameters: ClassVar[tuple[str, ...]] = ("alpha",)
+    needs_gradients: ClassVar[bool] = True
 
     beta: float = 0.12
     method: str = "auto"
@@ -289,6 +290,8 @@ class GradConScorer(Scorer):
             raise InputError(f"gradcon: batch_size = {self.batch_size!r} must be at least 1")
 
     def skip_reason(self, adapter: AutoencoderAdapter) -> str | None:
+        if (reason := super().skip_reason(adapter)) is not None:
+            return reason
         try:
             decoder_weight_layers(adapter)
         except ValueError as exc:
