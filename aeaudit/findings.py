@@ -24,6 +24,7 @@ PREFILTER_LOSS_SLACK = 1.5  # candidates up to 1.5·τ in the model's dtype go o
 PREFILTER_DISTANCE_SLACK = 0.9
 MAX_VERIFY = 4096
 MAX_NONFINITE = 64  # non-finite candidates verified per probe: one is enough to fail, a few show the extent
+SCREEN_AFTER_STOP = 1024  # candidates still screened per probe once the time limit or a signal has come
 MERGE_FRACTION = 0.25  # findings closer than 0.25·s to a better one are near-duplicates
 NON_FINITE = "non-finite"
 
@@ -156,7 +157,7 @@ def evaluate_score(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 
 def prefilter(cands: Candidates, adapter: AutoencoderAdapter, baseline: Baseline,
               score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-              threshold: float | None = None) -> tuple[Candidates, Candidates]:
+              threshold: float | None = None, stop: Stop = NEVER) -> tuple[Candidates, Candidates]:
     """Cheap screening in the model's dtype on its device before float64 verification.
 
     Returns ``(candidates, non-finite candidates)``: the first scored at most a little above the
@@ -166,6 +167,8 @@ def prefilter(cands: Candidates, adapter: AutoencoderAdapter, baseline: Baseline
     if len(cands) == 0:
         return cands, cands
     threshold = baseline.tau_op if threshold is None else threshold
+    if stop.reached():  # past the time limit or a signal: screen one batch, no more
+        cands = cands.take(torch.arange(min(len(cands), SCREEN_AFTER_STOP)))
     x = cands.x.to(adapter.device, adapter.dtype)
     score = evaluate_score(score_fn or adapter.loss, x)
     with torch.no_grad():

@@ -163,9 +163,12 @@ def _evaluate(state: AuditState, name: str, scan_findings: list[Finding], scan_r
         row["adaptive_critical"] = sum(f.severity == "critical" for f in own)
         (row["adaptive_best_distance_ratio"], row["adaptive_best_loss_ratio"],
          row["adaptive_best_normal_quantile"]) = _best_ratios(own, scorer)
-        row["adaptive_complete"] = all(r.status in ("complete", "skipped") for r in scan_results)
-        row["adaptive_evaluations"] = sum(r.evaluations for r in scan_results)
-        row["verdict"] = _verdict(row["transferred_detection_rate"], len(own), True, "the scan's own searches",
+        searches = [r for r in scan_results if r.kind == "search"]
+        row["adaptive_complete"] = all(r.status in ("complete", "skipped") for r in searches)
+        row["adaptive_evaluations"] = sum(r.evaluations for r in searches)
+        searched = row["adaptive_evaluations"] > 0 or bool(own)
+        row["verdict"] = _verdict(row["transferred_detection_rate"], len(own), searched,
+                                  "no search of the scan ran against the reconstruction loss",
                                   row["adaptive_complete"], row["adaptive_evaluations"])
         row["note"] = "adaptive search = the scan's own searches against the reconstruction loss"
         return row, curve, [], []

@@ -84,7 +84,8 @@ def run_probes(state: AuditState, probes: list[Probe], objective: Objective,
             f.objective = objective.name
         findings.extend(result.findings)
         if result.candidates is not None and len(result.candidates):
-            screened, odd = prefilter(result.candidates, state.adapter, state.baseline, judge.score, judge.tau_op)
+            screened, odd = prefilter(result.candidates, state.adapter, state.baseline, judge.score, judge.tau_op,
+                                      stop=state.stop)
             verified = [*verify(screened, state.verifier, objective=objective.name, score_fn64=score_fn64,
                                 tau_min=judge.tau_min, tau_op=judge.tau_op, stop=state.stop),
                         *verify(odd, state.verifier, objective=objective.name, score_fn64=score_fn64)]

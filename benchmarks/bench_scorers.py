@@ -77,7 +77,7 @@ def bench_gradcon(n: int, reps: int, loop_n: int) -> dict:
     a64.module.load_state_dict({k: v.double() for k, v in adapter.module.state_dict().items()})
     layers = [a64.module.get_submodule(nm) for nm in names]
     with torch.enable_grad():
-        _, g_b = per_sample_grads_hooks(a64, layers, x64)
+        _, g_b = per_sample_grads_hooks(a64.loss, layers, x64)
     _, g_l = per_sample_grads_loop(a64, names, x64)
     out["float64_max_rel_grad_diff"] = max(float((b.detach() - lp).norm() / lp.norm()) for b, lp in zip(g_b, g_l))
     return out
@@ -87,7 +87,7 @@ def bench_energy(n: int, reps: int) -> dict:
     torch.manual_seed(0)
     x = torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     adapter = adapter_for(ConvAutoencoder(latent_dim=2), x)
-    scorer = EnergyScorer().fit(adapter, x[:64], x[64:128], 0.05)
+    scorer = EnergyScorer().fit(adapter, x[:32], x[32:64], 0.05)
     scorer.tau_min_ = 0.0  # no early stop: every input takes every step (the worst case)
     t, proj = best_of(lambda: scorer.project(x), reps)
     return {"inputs": n, "steps": scorer.steps, "optimizer": scorer.optimizer, "seconds": t, "inputs_per_s": n / t,

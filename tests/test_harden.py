@@ -90,7 +90,7 @@ def test_torchscript_in_torchscript_out_keeps_extras(tmp_path, data):
     assert adapter.checkpoint_extras["aeaudit"]["source"] == str(src)
     x = torch.as_tensor(data)
     scorer = GradConScorer().fit(adapter, x, x, 0.05)  # the scorer reads the stored reference
-    assert not scorer.posthoc and scorer.method_ == "loop"
+    assert not scorer.posthoc and scorer.method_ == "hooks" and scorer.twin_ is not None  # the eager twin
     stored = adapter.checkpoint_extras["gradcon_reference"]
     for name, ref in zip(scorer.layer_names_, scorer.reference_):
         torch.testing.assert_close(ref, stored[f"{name}.weight"].reshape(-1))

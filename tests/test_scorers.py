@@ -189,7 +189,7 @@ def test_gradcon_batched_equals_per_sample_loop(case):
     else:
         assert s.method_ == "hooks"
         layers = [adapter.module.get_submodule(nm) for nm in names]
-        for gh, gl in zip(per_sample_grads_hooks(adapter, layers, x)[1], g_loop):
+        for gh, gl in zip(per_sample_grads_hooks(adapter.loss, layers, x)[1], g_loop):
             assert torch.allclose(gh, gl, rtol=1e-5, atol=1e-12)
     if case == "no_split_mlp":
         assert names == ["l2"] and "later half" in note
@@ -212,16 +212,18 @@ def test_gradcon_posthoc_reference_is_the_mean_gradient_and_score_is_differentia
     assert torch.allclose(grad_hooks, grad_func, rtol=1e-6, atol=1e-12)
 
 
-def test_gradcon_on_torchscript_equals_the_eager_model(tmp_path):
-    """TorchScript runs no hooks: the score falls back to one backward per sample and must give the
-    eager model's reference, scores and input gradients."""
+@pytest.mark.parametrize("method", ["auto", "loop"])
+def test_gradcon_on_torchscript_equals_the_eager_model(tmp_path, method):
+    """TorchScript runs no hooks: the score runs the scripted decoder's eager twin (``auto``) or one
+    backward per sample (``loop``); both must give the eager model's reference, scores and input gradients."""
     x = torch.rand(6, 1, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     eager = Conv1dAE().double()
     torch.jit.save(torch.jit.script(eager), str(tmp_path / "ae.pt"))
     scripted = load_model(tmp_path / "ae.pt", x[:2], device="cpu", input_shape=(1, 8))
     s_eager = fit(GradConScorer(), adapter_of(eager, x), x)
-    s_script = fit(GradConScorer(), scripted, x)
-    assert s_script.method_ == "loop" and s_eager.method_ == "hooks"
+    s_script = fit(GradConScorer(method=method), scripted, x)
+    assert s_script.method_ == ("hooks" if method == "auto" else "loop") and s_eager.method_ == "hooks"
+    assert (s_script.twin_ is not None) == (method == "auto")
     assert s_script.layer_names_ == s_eager.layer_names_ and "TorchScript" in s_script.note_
     for a, b in zip(s_script.reference_, s_eager.reference_):
         assert torch.allclose(a, b, rtol=1e-10)

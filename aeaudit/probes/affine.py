@@ -71,6 +71,8 @@ class AffineCheck(Probe):
         if not affine:
             return ProbeResult(self.name, self.kind, evaluations=evals, artifacts=artifacts,
                                reason=f"not affine (relative deviation {dev:.2g} > {tol:.1g}); see far-field")
+        if (stopped := ctx.stop.reason()) is not None:
+            return ProbeResult(self.name, self.kind, evaluations=evals, artifacts=artifacts).stopped(stopped)
         with ctx.reporter.task("affine check", total=3) as bar:
             A, bias = self._extract(model, ref.mean(dim=0), b.scale)
             evals += n + 1

@@ -126,6 +126,8 @@ class Probe(ABC):
         if reason is not None:
             return ProbeResult(self.name, self.kind, status="skipped", reason=reason, params=self.params())
         start = time.perf_counter()
+        if (stopped := ctx.stop.reason()) is not None:
+            return ProbeResult(self.name, self.kind, params=self.params()).stopped(f"not run: {stopped}")
         result = self._run(ctx)
         result.seconds = time.perf_counter() - start
         result.params = self.params()

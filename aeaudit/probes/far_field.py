@@ -296,9 +296,13 @@ class FarField(Probe):
             g1 = min(R, g0 + group)
             rows, cols = np.nonzero(valid[g0:g1])
             x = o[g0 + rows] + t[g0 + rows, cols][:, None] * u[g0 + rows]
-            loss, dist, nn, rec = verifier.measure(unflat(adapter, torch.from_numpy(x)))
+            loss, dist, nn, rec = verifier.measure(unflat(adapter, torch.from_numpy(x)), stop=ctx.stop)
+            done = len(loss)
             for key, val in (("loss", loss), ("dist", dist), ("nn", nn)):
-                out[key][g0 + rows, cols] = val
+                out[key][g0 + rows[:done], cols[:done]] = val
+            if done < len(rows):  # the stop came between two batches of this group
+                out["stopped"] = ctx.stop.reason()
+                break
             if b.domain.bounded:
                 continue  # no far field inside a box
             recs = flat(torch.from_numpy(rec)).numpy().reshape(g1 - g0, K, n)

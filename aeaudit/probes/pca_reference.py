@@ -68,6 +68,8 @@ class PCAReference(Probe):
         ratios = torch.tensor(self.pca_ratios, dtype=torch.float64)
         pts = (base[:, None, :] + (ratios[None, :, None] * b.scale) * dirs[:, None, :]).reshape(-1, n)
         pca_loss = (pca.residual_sq(pts) / n).numpy()
+        if (stopped := ctx.stop.reason()) is not None:
+            return ProbeResult(self.name, self.kind).stopped(stopped)
         with ctx.reporter.task("pca reference", total=1) as bar:
             model_loss, dist, _, _ = float64_verifier(ctx).measure(unflat(adapter, pts))
             bar.advance(1)

@@ -13,6 +13,7 @@ checkpoint keys it saves in its own module; ``harden`` reaches it through the re
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar
@@ -146,6 +147,8 @@ class TrainingObjective(ABC):
 
 
 def _move(value: Any, adapter: AutoencoderAdapter) -> Any:
+    if isinstance(value, torch.nn.Module):
+        return copy.deepcopy(value).to(adapter.device, adapter.dtype)
     if isinstance(value, torch.Tensor):
         return value.to(adapter.device, adapter.dtype if value.is_floating_point() else value.dtype)
     if isinstance(value, (list, tuple)):

@@ -15,8 +15,11 @@ output gradient (``bmm``; convolutions via ``unfold``). Layers that path does no
 3-D convolutions, non-zero padding modes) use ``torch.func.vmap`` over ``grad`` instead. With
 ``create_graph`` both stay differentiable in ``x``, which the adaptive search needs.
 
-TorchScript models run neither Python hooks nor ``torch.func``: for them the score takes one
-backward pass per sample (the reference method's loop; correct, and differentiable, but slow).
+TorchScript models run neither Python hooks nor ``torch.func``. When the scripted decoder is a
+``Sequential`` of standard layers, its eager twin (:mod:`aeaudit.model.eager`, checked against the
+scripted decoder on normal latents) takes its place in the score, and the batched path applies;
+otherwise the score takes one backward pass per sample (the reference method's loop; correct, and
+differentiable, but slow).
 
 The training side (``aeaudit harden --method gradcon``) lives here too: ``MSE − α · mean_i
 cos(∂MSE/∂W_i, ref_i)`` over the same decoder weights, ``ref_i`` the plain running mean of each
@@ -27,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +38,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..model.adapter import AutoencoderAdapter, resolve_path
+from ..model.eager import eager_twin, matches
 from .base import Scorer, TrainingObjective
 
 REFERENCE_KEY = "gradcon_reference"
@@ -139,7 +143,7 @@ def _factors(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.
     return a.reshape(n, a.shape[1], -1), F.unfold(g2, k, dilation=d, padding=p, stride=s)
 
 
-def per_sample_factors(adapter: AutoencoderAdapter, layers: list[nn.Module], x: torch.Tensor,
+def per_sample_factors(loss_fn: Callable[[torch.Tensor], torch.Tensor], layers: list[nn.Module], x: torch.Tensor,
                        create_graph: bool = False) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """``(L(x) [N], [(P_i, Q_i)])`` with per-sample ``∂L/∂W_i = P_i Q_iᵀ``, from one batched backward.
 
@@ -155,7 +159,7 @@ def per_sample_factors(adapter: AutoencoderAdapter, layers: list[nn.Module], x: 
 
     handles = [m.register_forward_hook(capture) for m in layers]
     try:
-        loss = adapter.loss(x)
+        loss = loss_fn(x)
     finally:
         for h in handles:
             h.remove()
@@ -171,10 +175,10 @@ def per_sample_factors(adapter: AutoencoderAdapter, layers: list[nn.Module], x: 
     return loss, factors
 
 
-def per_sample_grads_hooks(adapter: AutoencoderAdapter, layers: list[nn.Module], x: torch.Tensor,
+def per_sample_grads_hooks(loss_fn: Callable[[torch.Tensor], torch.Tensor], layers: list[nn.Module], x: torch.Tensor,
                            create_graph: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``(L(x) [N], [per-sample ∂L/∂W_i flattened, [N, W_i.numel()]])``: the factors multiplied out."""
-    loss, factors = per_sample_factors(adapter, layers, x, create_graph)
+    loss, factors = per_sample_factors(loss_fn, layers, x, create_graph)
     return loss, [torch.bmm(p, q.transpose(1, 2)).reshape(x.shape[0], -1) for p, q in factors]
 
 
@@ -302,16 +306,22 @@ class GradConScorer(Scorer):
         names, note = decoder_weight_layers(adapter)
         self.layer_names_ = names
         scripted = isinstance(adapter.module, torch.jit.ScriptModule)
-        if scripted and self.method in ("hooks", "func"):
-            raise InputError(f"gradcon method {self.method!r} cannot run on a TorchScript model; use method auto or loop")
+        self.twin_ = self._decoder_twin(adapter, reference) if scripted and self.method in ("auto", "hooks") else None
+        if scripted and self.twin_ is None and self.method in ("hooks", "func"):
+            raise InputError(f"gradcon method {self.method!r} cannot run on this TorchScript model (its decoder is "
+                             "not a Sequential of standard layers); use method auto or loop")
         layers = self._layers()
         if self.method == "hooks" and not all(map(_hookable, layers)):
             raise InputError("gradcon method 'hooks' does not cover this model's decoder layers; use method auto or func")
         if self.method != "auto":
             self.method_ = self.method
+        elif scripted and self.twin_ is None:
+            self.method_ = "loop"
         else:
-            self.method_ = "loop" if scripted else ("hooks" if all(map(_hookable, layers)) else "func")
-        if scripted:
+            self.method_ = "hooks" if all(map(_hookable, layers)) else ("loop" if scripted else "func")
+        if scripted and self.twin_ is not None:
+            note += "; TorchScript decoder run through its eager twin (checked equal on normal latents)"
+        elif scripted:
             note += "; one backward pass per sample (TorchScript): slow, save a state_dict for the batched path"
         stored = adapter.checkpoint_extras.get(REFERENCE_KEY)
         if stored is not None:
@@ -326,8 +336,35 @@ class GradConScorer(Scorer):
     def training_objective(cls, adapter: AutoencoderAdapter, alpha: float = 0.03, **_: Any) -> GradConObjective:
         return GradConObjective(adapter, alpha, decoder_weights(adapter))
 
+    @staticmethod
+    def _decoder_twin(adapter: AutoencoderAdapter, reference: torch.Tensor) -> nn.Module | None:
+        """An eager twin of a scripted decoder submodule that decodes the normal latents the same."""
+        if not adapter.has_latent or "[" in adapter.decoder_path:
+            return None
+        try:
+            decoder = resolve_path(adapter.module, adapter.decoder_path)
+        except AttributeError:
+            return None
+        twin = eager_twin(decoder) if isinstance(decoder, nn.Module) else None
+        if twin is None:
+            return None
+        with torch.no_grad():
+            z = adapter.encode(reference[:64].to(adapter.device, adapter.dtype))
+        return twin if matches(twin, decoder, z) else None
+
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction loss, through the decoder's eager twin where there is one."""
+        adapter = self.adapter_
+        if self.twin_ is None:
+            return adapter.loss(x)
+        xm = adapter.to_model_space(x)
+        return adapter.loss_of_residual(xm - self.twin_(adapter.encoder(xm)))
+
     def _layers(self) -> list[nn.Module]:
-        return [layer(self.adapter_.module, n) for n in self.layer_names_]
+        if self.twin_ is None:
+            return [layer(self.adapter_.module, n) for n in self.layer_names_]
+        prefix = len(self.adapter_.decoder_path) + 1
+        return [layer(self.twin_, n[prefix:]) for n in self.layer_names_]
 
     def _posthoc_reference(self, reference: torch.Tensor) -> list[torch.Tensor]:
         """Mean per-sample gradient over ``reference``: per batch, ``Σ_n P_n Q_nᵀ`` is one matrix product."""
@@ -336,7 +373,7 @@ class GradConScorer(Scorer):
             xb = reference[i : i + self.batch_size].to(self.adapter_.device, self.adapter_.dtype)
             with torch.enable_grad():
                 if self.method_ == "hooks":
-                    _, factors = per_sample_factors(self.adapter_, self._layers(), xb)
+                    _, factors = per_sample_factors(self._loss, self._layers(), xb)
                     sums = [(p.detach().transpose(0, 1).flatten(1) @ q.detach().transpose(0, 1).flatten(1).T).reshape(-1)
                             for p, q in factors]
                 elif self.method_ == "loop":
@@ -348,7 +385,7 @@ class GradConScorer(Scorer):
 
     def _score_batch(self, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
         if self.method_ == "hooks":
-            loss, factors = per_sample_factors(self.adapter_, self._layers(), x, create_graph)
+            loss, factors = per_sample_factors(self._loss, self._layers(), x, create_graph)
             dots_norms = [factor_dot_and_norm(p, q, r) for (p, q), r in zip(factors, self.reference_)]
             return _combine(loss, dots_norms, self.reference_, self.beta)
         if self.method_ == "loop":
