@@ -49,17 +49,22 @@ class Baseline:
     neighbours: NearestNeighbours = field(repr=False)
     reference_indices: np.ndarray = field(repr=False, default=None)
 
+    @property
+    def candidate_distance(self) -> float:
+        """The smallest distance at which a candidate can still become a finding (a warning lies ≥ s)."""
+        return min(self.scale, self.min_distance)
+
     def severity(self, loss: float, distance: float, tau_min: float | None = None, tau_op: float | None = None) -> str | None:
-        """``critical`` (loss ≤ τ_min and far), ``high`` (loss ≤ τ_op and far) or ``None``."""
+        """``critical`` (loss ≤ τ_min and d ≥ δ), ``high`` (loss ≤ τ_op and d ≥ δ), ``warning``
+        (loss ≤ τ_min and s ≤ d < δ: more normal than every normal sample to the autoencoder, while a
+        nearest-neighbour detector at the same false-positive rate would flag it) or ``None``."""
         tau_min = self.tau_min if tau_min is None else tau_min
         tau_op = self.tau_op if tau_op is None else tau_op
-        if distance < self.min_distance:
-            return None
-        if loss <= tau_min:
-            return "critical"
-        if loss <= tau_op:
-            return "high"
-        return None
+        if distance >= self.min_distance:
+            if loss <= tau_min:
+                return "critical"
+            return "high" if loss <= tau_op else None
+        return "warning" if distance >= self.scale and loss <= tau_min else None
 
     def summary(self) -> dict:
         q = np.quantile(self.heldout_losses, [0.0, 0.5, 0.99, 1.0]) if len(self.heldout_losses) else [np.nan] * 4

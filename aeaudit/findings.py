@@ -18,7 +18,7 @@ from .model.adapter import AutoencoderAdapter
 
 log = logging.getLogger(__name__)
 
-SEVERITY_RANK = {"critical": 0, "high": 1}
+SEVERITY_RANK = {"critical": 0, "high": 1, "warning": 2}
 PREFILTER_LOSS_SLACK = 1.5  # candidates up to 1.5·τ in the model's dtype go on to verification
 PREFILTER_DISTANCE_SLACK = 0.9
 MAX_VERIFY = 4096
@@ -140,7 +140,7 @@ def prefilter(cands: Candidates, adapter: AutoencoderAdapter, baseline: Baseline
     score = evaluate_score(score_fn or adapter.loss, x)
     with torch.no_grad():
         dist = torch.cat([baseline.neighbours.query(x[i : i + 4096])[0] for i in range(0, x.shape[0], 4096)])
-    keep = (score <= threshold * PREFILTER_LOSS_SLACK) & (dist >= baseline.min_distance * PREFILTER_DISTANCE_SLACK)
+    keep = (score <= threshold * PREFILTER_LOSS_SLACK) & (dist >= baseline.candidate_distance * PREFILTER_DISTANCE_SLACK)
     keep &= torch.isfinite(score)
     idx = torch.nonzero(keep).flatten()
     if idx.numel() > MAX_VERIFY:
@@ -235,6 +235,7 @@ def merge_and_rank(findings: list[Finding], scale: float, top_k: int = 64) -> tu
         "reported": len(result),
         "critical": sum(f.severity == "critical" for f in result),
         "high": sum(f.severity == "high" for f in result),
+        "warning": sum(f.severity == "warning" for f in result),
         "merged_duplicates": len(findings) - len(result),
     })
     return result, counts

@@ -105,7 +105,9 @@ def test_pgd_finds_the_planted_blind_spot_in_an_8d_latent():
     for probe in ("pgd-latent", "pgd-input"):
         mine = [f for f in result.findings if f.probe == probe]
         assert mine, f"{probe} found nothing"
-        assert all(f.verified and f.distance >= t["min_distance"] and f.loss <= t["tau_op"] for f in mine)
+        assert all(f.verified and f.distance >= t["min_distance"] and f.loss <= t["tau_op"] for f in mine
+                   if f.severity != "warning")
+        assert all(f.distance >= t["scale"] and f.loss <= t["tau_min"] for f in mine if f.severity == "warning")
     art = result.artifacts["pgd-latent"]
     assert art["lowest"]["feasible"] > 0
     # the outward walk goes at least as far as the lowest-loss search, staying at or below τ_op

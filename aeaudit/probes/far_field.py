@@ -100,7 +100,7 @@ class FarField(Probe):
         summaries = self._summarise(ctx, rays, sources, objective, certifiable=not smooth)
         findings, candidates = [], None
         if smooth:
-            low = (rays["loss"] <= b.tau_op) & (rays["dist"] >= b.min_distance)
+            low = (rays["loss"] <= b.tau_op) & (rays["dist"] >= b.candidate_distance)
             candidates = Candidates(x=unflat(adapter, self._points(origins, dirs, rays, low)), probe=self.name)
         else:
             findings = self._certificates(ctx, rays, summaries, dirs, origins)

@@ -134,7 +134,7 @@ class LatentGrid(Probe):
         if d > 2:
             points = np.concatenate([points, self._search_points(ctx, lo, hi)])
 
-        keep_score, keep_dist = loose_threshold(obj.tau_op), b.min_distance * PREFILTER_DISTANCE_SLACK
+        keep_score, keep_dist = loose_threshold(obj.tau_op), b.candidate_distance * PREFILTER_DISTANCE_SLACK
         n_map = map_uv.shape[0]
         losses, far = np.full(points.shape[0], np.nan), np.zeros(points.shape[0], dtype=bool)
         kept_x, kept_z, kept_rows, status, done = [], [], [], "complete", 0
@@ -151,7 +151,7 @@ class LatentGrid(Probe):
                     dist = b.neighbours.query(a)[0]
                 rows = slice(start, start + z.shape[0])
                 losses[rows] = score.double().cpu().numpy()
-                far[rows] = (dist >= keep_dist).cpu().numpy()
+                far[rows] = (dist >= b.min_distance * PREFILTER_DISTANCE_SLACK).cpu().numpy()
                 keep = (score <= keep_score) & (dist >= keep_dist) & torch.isfinite(score)
                 if keep.any():
                     kept_x.append(a[keep].cpu())
