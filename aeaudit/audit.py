@@ -30,10 +30,11 @@ from .model.loading import file_sha256, load_model
 from .model.shapes import conv_input_shape, finalize_shapes
 from .probes import Objective, ProbeContext, ProbeResult, make_probe
 from .progress import Reporter
+from .regions import Region, describe, group_regions
 from .scorers.compare import compare_scorers, scorer_budget_share
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass
@@ -76,6 +77,8 @@ class AuditResult:
     timings: dict[str, float]
     environment: dict[str, Any]
     errors: list[str] = field(default_factory=list)
+    regions: list[Region] = field(default_factory=list)
+    region_grouping: dict[str, Any] = field(default_factory=dict)
 
     def gate_failed(self, fail_on: str | None = None) -> bool:
         fail_on = fail_on or self.config.fail_on
@@ -92,13 +95,12 @@ class AuditResult:
 
     @property
     def verdict(self) -> str:
+        regions = describe(self.regions, self.counts.get("verified", len(self.findings)))
         if self.gate_failed():
-            worst = "critical" if self.counts.get("critical") else "high"
-            return (f"FAIL: {len(self.findings)} verified blind spot(s), worst {worst} "
-                    f"(gate --fail-on {self.config.fail_on})")
+            return f"FAIL: {regions} (gate --fail-on {self.config.fail_on})"
         if self.errors:
             return f"ERROR: {len(self.errors)} check(s) failed to run"
-        found = f"{len(self.findings)} finding(s) below the gate" if self.findings else "none found within budget"
+        found = f"{regions}, all below the gate" if self.regions else "none found within budget"
         return f"PASS: {found} (gate --fail-on {self.config.fail_on})"
 
     def to_dict(self, with_arrays: bool = True) -> dict[str, Any]:
@@ -117,6 +119,8 @@ class AuditResult:
             "thresholds": self.thresholds,
             "probes": self.probes,
             "counts": self.counts,
+            "regions": [r.to_dict(with_arrays) for r in self.regions],
+            "region_grouping": self.region_grouping,
             "findings": [f.to_dict(with_arrays) for f in self.findings],
             "artifacts": self.artifacts,
             "scorers": self.scorers,
@@ -243,8 +247,11 @@ def scan(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path | 
     with _timed(state.timings, "probes"):  # the scorer comparison's share is kept back; unused probe time carries over
         probe_budget = budget.share(1.0 - scorer_budget_share(config.scorers))
         results, raw_findings, interrupted = run_probes(state, config.probes, state.recon_objective(), probe_budget)
+    with _timed(state.timings, "regions"):  # on every verified finding, before merging drops arrays
+        regions, region_grouping = group_regions(raw_findings, state.verifier, state.baseline)
     findings, counts = merge_and_rank(raw_findings, state.baseline.scale, config.top_k)
-    for f in findings:  # the report's gallery compares each kept finding with its nearest normal sample
+    counts["regions"] = len(regions)
+    for f in findings + [r.witness for r in regions]:  # the gallery shows each input beside its nearest normal sample
         if f.x is not None and 0 <= f.nearest_index < len(state.data):
             f.nearest = np.asarray(state.data[f.nearest_index], dtype=np.float64)
     artifacts = {r.probe: r.artifacts for r in results if r.artifacts}
@@ -272,4 +279,6 @@ def scan(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path | 
         timings=state.timings,
         environment=environment(),
         errors=errors,
+        regions=regions,
+        region_grouping=region_grouping,
     )
