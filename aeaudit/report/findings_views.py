@@ -15,7 +15,7 @@ GALLERY_MAX = 12  # cards with pictures: regions (or, in a report without region
 FOLDED_MAX = 8  # other witnesses drawn under a region's card
 FINDINGS_TABLE_MAX = 25  # findings listed in the gallery section's table
 TABULAR_FEATURES = 8  # features listed per tabular finding
-MAP_WITNESSES = 2000  # latent witnesses drawn on the map
+MAP_WITNESSES = 1000  # findings with a latent code drawn on the map (the best-ranked)
 
 
 def latent_map_view(report: dict) -> dict[str, Any]:
@@ -81,9 +81,9 @@ def latent_map_view(report: dict) -> dict[str, Any]:
 
 
 def _latent_marks(report: dict, lm: dict) -> tuple[list[tuple[float, float, str]], list[tuple[float, float]]]:
-    """Map positions ``(z − origin) · basisᵀ`` of the regions' witnesses that carry a latent code
-    (labelled ``R1``…) and of up to
-    ``MAP_WITNESSES`` other findings that do."""
+    """Map positions ``(z − origin) · basisᵀ`` of each region (labelled ``R1`` …) — its witness, or when
+    that has no latent code its best-ranked finding that has one — and of up to ``MAP_WITNESSES``
+    findings with a latent code."""
     origin = plots.as_floats(lm.get("origin"))
     basis = plots.as_floats(lm.get("basis"))
     if not origin.size or basis.size % origin.size:
@@ -98,8 +98,12 @@ def _latent_marks(report: dict, lm: dict) -> tuple[list[tuple[float, float, str]
         return float(uv[0]), float(uv[1]) if uv.size > 1 else 0.0
 
     findings = report.get("findings") or []
-    labelled = [(r.get("label", ""), r.get("witness") or {}) for r in regions_of(report)]
-    marks = [(*p, label) for label, f in labelled if (p := where(f)) is not None]
+    marks = []
+    for r in regions_of(report):
+        members = [f for f in findings if r.get("id") is not None and (f.get("details") or {}).get("region") == r["id"]]
+        spot = next((p for f in [r.get("witness") or {}, *members] if (p := where(f)) is not None), None)
+        if spot is not None:
+            marks.append((*spot, r.get("label", "")))
     dots = [p for f in findings if (p := where(f)) is not None][:MAP_WITNESSES]
     return marks, dots
 

@@ -194,15 +194,15 @@ def latent_map(x: Sequence[float], y: Sequence[float], losses: Any, eps: float, 
                 handles.append(Line2D([], [], ls="none", marker="o", ms=3, color=NORMAL_COLOUR, label="normal latents"))
         if len(witnesses):
             w = np.asarray(witnesses, dtype=np.float64)
-            ax.scatter(w[:, 0], w[:, 1], s=9, marker="x", c="#1a1a1a", linewidths=0.7)
+            ax.scatter(w[:, 0], w[:, 1], s=7, marker="x", c="#1a1a1a", linewidths=0.5, alpha=0.7)
             handles.append(Line2D([], [], ls="none", marker="x", ms=4, color="#1a1a1a", label="findings (latent)"))
         for mx, my, label in marks:
-            ax.plot(mx, my, marker="o", ms=9, mfc="none", mec="black", mew=1.6)
+            ax.plot(mx, my, marker="o", ms=9, mfc="none", mec="black", mew=1.6, clip_on=False)
             ax.annotate(label, (mx, my), xytext=(6, 6), textcoords="offset points", fontsize=9, weight="bold",
                         color="black", bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "black", "lw": 0.6})
         if marks:
             handles.append(Line2D([], [], ls="none", marker="o", ms=7, mfc="none", mec="black", mew=1.4,
-                                  label="a region's witness (R1 …)"))
+                                  label="a region (R1 …) at its witness"))
         ax.set_xlim(xs.min(), xs.max())
         ax.set_ylim(ys.min(), ys.max())
         ax.set_xlabel(xlabel)
@@ -218,7 +218,7 @@ def _latent_line(xs: np.ndarray, loss: np.ndarray, eps: float, far: np.ndarray |
                  marks: Sequence[tuple[float, float, str]], xlabel: str) -> str:
     """The 1-D latent map: loss of the decoded point along the latent axis, the blind part (below
     ``eps`` and far) filled red, the rest below ``eps`` pale, normal latents as ticks along the bottom."""
-    fig = _figure(7.2, 3.0)
+    fig = _figure(7.2, 3.6)
     ax = fig.add_subplot()
     ax.plot(xs, loss, color="#2c3e50", lw=1.2)
     low = np.isfinite(loss) & (loss < eps)
@@ -239,7 +239,7 @@ def _latent_line(xs: np.ndarray, loss: np.ndarray, eps: float, far: np.ndarray |
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss of the decoded point (log)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8)
     return _data_uri(fig)
 
 
