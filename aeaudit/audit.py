@@ -30,9 +30,10 @@ from .geometry import resolve_domain
 from .model.adapter import AutoencoderAdapter
 from .model.loading import file_sha256, open_model
 from .progress import Reporter
+from .regions import Region, describe, group_regions
 from .report.json_report import SCHEMA_VERSION
 from .runner import AuditState, run_probes
-from .verdict import GATES, SEVERITIES, Outcome, decide, exit_code, gated
+from .verdict import GATES, Outcome, decide, exit_code, gated
 
 
 @dataclass
@@ -53,6 +54,8 @@ class AuditResult:
     environment: dict[str, Any]
     errors: list[str] = field(default_factory=list)
     stopped: str | None = None  # why work was cut short (time limit, signal), if it was
+    regions: list[Region] = field(default_factory=list)
+    region_grouping: dict[str, Any] = field(default_factory=dict)
 
     def gate_failed(self, fail_on: str | None = None) -> bool:
         return any(gated(f.severity, fail_on or self.config.fail_on) for f in self.findings)
@@ -73,12 +76,10 @@ class AuditResult:
     @property
     def verdict(self) -> str:
         outcome, gate = self.outcome, f"gate --fail-on {self.config.fail_on}"
+        regions = describe(self.regions, self.counts.get("verified", len(self.findings)))
         if outcome is Outcome.FAIL:
-            at_gate = [f for f in self.findings if gated(f.severity, self.config.fail_on)]
-            parts = ", ".join(f"{n} {s}" for s in SEVERITIES if (n := sum(f.severity == s for f in at_gate)))
-            return f"FAIL: {len(at_gate)} verified blind spot(s) at or above the gate ({parts}) ({gate})"
-        below = [f for f in self.findings if not gated(f.severity, self.config.fail_on)]
-        note = f"; {len(below)} finding(s) below the gate" if below else ""
+            return f"FAIL: {regions} ({gate})"
+        note = f"; below the gate: {regions}" if self.regions else ""
         if outcome is Outcome.ERROR:
             return f"ERROR: {len(self.errors)} check(s) failed to run; the others found nothing at or above the gate{note}"
         if outcome is Outcome.INCONCLUSIVE:
@@ -108,6 +109,8 @@ class AuditResult:
             "thresholds": self.thresholds,
             "probes": self.probes,
             "counts": self.counts,
+            "regions": [r.to_dict(with_arrays) for r in self.regions],
+            "region_grouping": self.region_grouping,
             "findings": [f.to_dict(with_arrays) for f in self.findings],
             "artifacts": self.artifacts,
             "scorers": self.scorers,
@@ -187,8 +190,11 @@ def scan(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path | 
     state = prepare(model, data, config, reporter)
     with _timed(state.timings, "probes"):
         results, raw_findings = run_probes(state, [config.probe(n) for n in config.probes], state.recon_objective())
+    with _timed(state.timings, "regions"):  # on every verified finding, before merging drops arrays
+        regions, region_grouping = group_regions(raw_findings, state.verifier, state.baseline)
     findings, counts = merge_and_rank(raw_findings, state.baseline.scale, config.top_k)
-    for f in findings:  # the report's gallery compares each kept finding with its nearest normal sample
+    counts["regions"] = len(regions)
+    for f in findings + [r.witness for r in regions]:  # the gallery shows each input beside its nearest normal sample
         if f.x is not None and 0 <= f.nearest_index < len(state.data):
             f.nearest = np.asarray(state.data[f.nearest_index], dtype=np.float64)
     artifacts = {r.probe: r.artifacts for r in results if r.artifacts}
@@ -214,4 +220,6 @@ def scan(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path | 
         environment=environment(),
         errors=errors,
         stopped=state.stop.reason() if incomplete else None,
+        regions=regions,
+        region_grouping=region_grouping,
     )

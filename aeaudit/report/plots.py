@@ -17,6 +17,9 @@ import numpy as np
 
 TAU_MIN_COLOUR = "#1f3a93"
 TAU_OP_COLOUR = "#c0392b"
+BLIND_COLOUR = "#d7191c"  # the latent map's blind region: the one saturated colour on it
+LOW_LOSS_COLOUR = "#3a3a3a"
+NORMAL_COLOUR = "#2166ac"
 GROUP_COLOURS = {"held-out normal": "#7f8c8d", "findings": "#c0392b", "user anomalies": "#8e44ad"}
 MAX_SERIES = 12  # rays drawn in one loss-vs-distance plot; more would be unreadable
 FLOOR_BELOW_TAU = 1e-8  # the loss-vs-distance plot shows at most 8 decades below τ
@@ -140,72 +143,103 @@ def complete_stride(grid: np.ndarray) -> int:
 
 
 def latent_map(x: Sequence[float], y: Sequence[float], losses: Any, eps: float, *, far: Any = None, normal: Any = None,
-               marks: Sequence[tuple[float, float, str]] = (), xlabel: str = "z₁", ylabel: str = "z₂") -> str:
+               marks: Sequence[tuple[float, float, str]] = (), witnesses: Sequence[tuple[float, float]] = (),
+               xlabel: str = "z₁", ylabel: str = "z₂") -> str:
     """The loss of decoded latents over a 2-D grid (Figure 2 of "Autoencoders for anomaly detection
-    are unreliable"): log colour scale, the region with loss below ``eps`` in red, hatched where the
-    decode is also far from the normal data (``far``), normal latents as dots and numbered
-    findings as crosses. ``losses[i][j]`` belongs to ``(x[j], y[i])``; missing values are blank."""
+    are unreliable"), drawn so that the blind region is what the eye meets first: the loss as a
+    quiet grey field (log scale, light = low), the loss = ``eps`` contour as a thin line, the edge
+    of the part within δ of the normal data (``far`` is 0 there) dotted, normal latents as small
+    blue dots, and only the blind part — loss below ``eps`` *and* far — filled red. Findings from
+    latent codes are small dark crosses (``witnesses``); ``marks`` labels the regions' witnesses.
+    ``losses[i][j]`` belongs to ``(x[j], y[i])``; missing values are blank."""
     from matplotlib.colors import LogNorm
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     with _style():
         xs, ys = as_floats(x), as_floats(y)
         grid = np.asarray([as_floats(row) for row in losses], dtype=np.float64)
         floor = _positive_floor(grid[np.isfinite(grid)])
         grid = np.where(np.isfinite(grid), np.maximum(grid, floor), np.nan)
-        if len(ys) == 1:
-            return _latent_line(xs, grid[0], eps, normal, marks, xlabel)
         far_grid = np.asarray([as_floats(row) for row in far], dtype=np.float64) if far is not None else None
-        fig = _figure(6.4, 5.2)
+        if far_grid is not None and far_grid.shape != grid.shape:
+            far_grid = None
+        if len(ys) == 1:
+            return _latent_line(xs, grid[0], eps, far_grid[0] if far_grid is not None else None, normal, marks, xlabel)
+        fig = _figure(6.6, 6.0)
         ax = fig.add_subplot()
-        mesh = ax.pcolormesh(xs, ys, grid, shading="nearest", cmap="viridis",
+        mesh = ax.pcolormesh(xs, ys, grid, shading="nearest", cmap="Greys", alpha=0.55,
                              norm=LogNorm(vmin=np.nanmin(grid), vmax=max(np.nanmax(grid), np.nanmin(grid) * 10)),
                              rasterized=True)
-        fig.colorbar(mesh, ax=ax, label="loss of the decoded point (log)")
+        fig.colorbar(mesh, ax=ax, label="loss of the decoded point (log)", shrink=0.8)
         low = np.isfinite(grid) & (grid < eps)
-        if low.any():
-            ax.contourf(xs, ys, low.astype(float), levels=[0.5, 1.5], colors=["#e0001b"], alpha=0.3)
-            ax.contour(xs, ys, low.astype(float), levels=[0.5], colors=["#e0001b"], linewidths=0.9)
-        if far_grid is not None and far_grid.shape == grid.shape and (low & (far_grid > 0)).any():
-            ax.contourf(xs, ys, (low & (far_grid > 0)).astype(float), levels=[0.5, 1.5], colors="none",
-                        hatches=["////"])
-            ax.contour(xs, ys, (low & (far_grid > 0)).astype(float), levels=[0.5], colors=["black"], linewidths=0.9)
+        handles = []
+        if low.any() and not low.all():
+            ax.contour(xs, ys, low.astype(float), levels=[0.5], colors=[LOW_LOSS_COLOUR], linewidths=0.8)
+            handles.append(Line2D([], [], color=LOW_LOSS_COLOUR, lw=0.8, label=f"loss = τ_op ({eps:.3g}), the detector's threshold"))
+        if far_grid is not None and (far_grid > 0).any() and not (far_grid > 0).all():
+            ax.contour(xs, ys, (far_grid > 0).astype(float), levels=[0.5], colors=[NORMAL_COLOUR], linewidths=1.0,
+                       linestyles=":")
+            handles.append(Line2D([], [], color=NORMAL_COLOUR, lw=1.0, ls=":", label="δ from the normal data"))
+        blind = low & (far_grid > 0) if far_grid is not None else np.zeros_like(low)
+        if blind.any():
+            ax.contourf(xs, ys, blind.astype(float), levels=[0.5, 1.5], colors=[BLIND_COLOUR], alpha=0.8)
+            ax.contour(xs, ys, blind.astype(float), levels=[0.5], colors=["#67000d"], linewidths=1.0)
+            handles.insert(0, Patch(facecolor=BLIND_COLOUR, edgecolor="#67000d", alpha=0.8,
+                                    label="blind: loss < τ_op and ≥ δ from normal data"))
         if normal is not None and len(normal):
             pts = np.asarray([as_floats(p) for p in normal], dtype=np.float64)
             if pts.ndim == 2 and pts.shape[1] >= 2:
-                ax.scatter(pts[:, 0], pts[:, 1], s=3, c="white", edgecolors="black", linewidths=0.2, alpha=0.8)
+                ax.scatter(pts[:, 0], pts[:, 1], s=2.5, c=NORMAL_COLOUR, linewidths=0, alpha=0.6)
+                handles.append(Line2D([], [], ls="none", marker="o", ms=3, color=NORMAL_COLOUR, label="normal latents"))
+        if len(witnesses):
+            w = np.asarray(witnesses, dtype=np.float64)
+            ax.scatter(w[:, 0], w[:, 1], s=7, marker="x", c="#1a1a1a", linewidths=0.5, alpha=0.7)
+            handles.append(Line2D([], [], ls="none", marker="x", ms=4, color="#1a1a1a", label="findings (latent)"))
         for mx, my, label in marks:
-            ax.plot(mx, my, marker="X", ms=8, color="#ff7f0e", mec="black", mew=0.6)
-            ax.annotate(label, (mx, my), xytext=(4, 4), textcoords="offset points", fontsize=8, weight="bold",
-                        color="black", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+            ax.plot(mx, my, marker="o", ms=9, mfc="none", mec="black", mew=1.6, clip_on=False)
+            ax.annotate(label, (mx, my), xytext=(6, 6), textcoords="offset points", fontsize=9, weight="bold",
+                        color="black", bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "black", "lw": 0.6})
+        if marks:
+            handles.append(Line2D([], [], ls="none", marker="o", ms=7, mfc="none", mec="black", mew=1.4,
+                                  label="a region (R1 …) at its witness"))
         ax.set_xlim(xs.min(), xs.max())
         ax.set_ylim(ys.min(), ys.max())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(f"red: loss < {eps:.3g}; hatched: and far from the normal data")
+        ax.set_title("red: blind — the detector accepts these decodes, far from the normal data" if blind.any()
+                     else "no blind cell: every low-loss decode lies within δ of the normal data")
+        if handles:
+            ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
         return _data_uri(fig, "png", dpi=110)
 
 
-def _latent_line(xs: np.ndarray, loss: np.ndarray, eps: float, normal: Any, marks: Sequence[tuple[float, float, str]],
-                 xlabel: str) -> str:
-    """The 1-D latent map: loss of the decoded point along the latent axis, the part below ``eps``
-    shaded red, normal latents as ticks along the bottom."""
-    fig = _figure(7.2, 3.0)
+def _latent_line(xs: np.ndarray, loss: np.ndarray, eps: float, far: np.ndarray | None, normal: Any,
+                 marks: Sequence[tuple[float, float, str]], xlabel: str) -> str:
+    """The 1-D latent map: loss of the decoded point along the latent axis, the blind part (below
+    ``eps`` and far) filled red, the rest below ``eps`` pale, normal latents as ticks along the bottom."""
+    fig = _figure(7.2, 3.6)
     ax = fig.add_subplot()
     ax.plot(xs, loss, color="#2c3e50", lw=1.2)
-    ax.fill_between(xs, 0, 1, where=np.isfinite(loss) & (loss < eps), color="#e0001b", alpha=0.3,
-                    transform=ax.get_xaxis_transform(), label=f"loss < {eps:.3g}")
-    ax.axhline(eps, color="#e0001b", lw=0.8, ls="--")
+    low = np.isfinite(loss) & (loss < eps)
+    blind = low & (far > 0) if far is not None else np.zeros_like(low)
+    ax.fill_between(xs, 0, 1, where=low & ~blind, color=LOW_LOSS_COLOUR, alpha=0.12, transform=ax.get_xaxis_transform(),
+                    label=f"loss < τ_op ({eps:.3g}), near normal data")
+    if blind.any():
+        ax.fill_between(xs, 0, 1, where=blind, color=BLIND_COLOUR, alpha=0.75, transform=ax.get_xaxis_transform(),
+                        label="blind: loss < τ_op and ≥ δ from normal data")
+    ax.axhline(eps, color=LOW_LOSS_COLOUR, lw=0.8, ls="--")
     if normal is not None and len(normal):
         pts = np.asarray([as_floats(p) for p in normal], dtype=np.float64)
-        ax.plot(pts[:, 0], np.zeros(len(pts)), "|", color="black", ms=8, alpha=0.4, transform=ax.get_xaxis_transform(),
-                label="normal latents")
+        ax.plot(pts[:, 0], np.zeros(len(pts)), "|", color=NORMAL_COLOUR, ms=8, alpha=0.5,
+                transform=ax.get_xaxis_transform(), label="normal latents")
     for mx, _, label in marks:
-        ax.axvline(mx, color="#ff7f0e", lw=1)
+        ax.axvline(mx, color="black", lw=1)
         ax.annotate(label, (mx, 0.95), xycoords=("data", "axes fraction"), fontsize=8, weight="bold")
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss of the decoded point (log)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8)
     return _data_uri(fig)
 
 

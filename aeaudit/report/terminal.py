@@ -7,6 +7,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .fmt import regions_of
+
+SEVERITY_STYLES = {"critical": "bold red", "high": "dark_orange", "warning": "yellow"}
+
 
 def _fmt(v: Any) -> str:
     if v is None:
@@ -35,6 +39,8 @@ def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10)
     console.print(f"τ_min {t['tau_min']:.4g} · τ_op {t['tau_op']:.4g} ({t['tau_op_source']}) · "
                   f"s {t['scale']:.4g} · far ≥ {t['min_distance']:.4g} ({t['min_distance_source']})")
 
+    _regions(report, console, max_rows)
+
     probes = Table(title="checks", show_lines=False)
     for col in ("probe", "status", "evaluations", "seconds", "note"):
         probes.add_column(col)
@@ -42,20 +48,10 @@ def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10)
         probes.add_row(p["probe"], p["status"], str(p["evaluations"]), f"{p['seconds']:.1f}", textwrap.shorten(p["reason"], 120, placeholder=" …"))
     console.print(probes)
 
-    findings = report["findings"]
+    findings, counts = report["findings"], report.get("counts") or {}
     if findings:
-        table = Table(title=f"findings (top {min(max_rows, len(findings))} of {len(findings)})")
-        # fits 80 columns; the finding's kind and absolute distance are in report.json and report.html
-        cells = [[str(i + 1), f["severity"], f["probe"], _fmt(f["loss"]), _fmt(f["loss_ratio"]), _fmt(f["distance_ratio"])]
-                 for i, f in enumerate(findings[:max_rows])]
-        for j, col in enumerate(("#", "severity", "probe", "loss", "loss/τ_op", "d/s")):
-            numeric = col in ("#", "loss", "loss/τ_op", "d/s")  # numbers are never cut; words may be
-            table.add_column(col, no_wrap=True, min_width=max(len(row[j]) for row in cells) if numeric else None)
-        for row in cells:
-            table.add_row(*row)
-        console.print(table)
-    else:
-        console.print("findings: none found within budget")
+        console.print(f"findings: {len(findings)} kept of {counts.get('verified', len(findings))} verified, per point "
+                      "in report.json (report.html lists them by region)")
 
     rows = report.get("scorers", {}).get("table") or []
     if rows:
@@ -74,3 +70,22 @@ def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10)
         console.print(table)
     for err in report["errors"]:
         console.print(f"[red]error: {err}[/]")
+
+
+def _regions(report: dict[str, Any], console: Console, max_rows: int) -> None:
+    """The blind regions, worst first: the table a reader meets right under the verdict."""
+    regions = regions_of(report)
+    if not regions:
+        console.print("blind regions: none found within budget")
+        return
+    shown = regions[:max_rows]
+    table = Table(title=f"blind regions ({len(shown)} of {len(regions)})" if len(regions) > len(shown)
+                  else f"blind regions ({len(regions)})")
+    cells = [[r.get("label", ""), r.get("severity", ""), r.get("summary", ""), str(r.get("witnesses", "")),
+              _fmt(r.get("loss_ratio_min")), ", ".join(r.get("probes") or [])] for r in shown]
+    for j, col in enumerate(("region", "severity", "what", "witnesses", "loss/τ_op", "found by")):
+        numeric = col in ("region", "witnesses", "loss/τ_op")  # numbers are never cut; words may wrap
+        table.add_column(col, no_wrap=numeric, min_width=max(len(row[j]) for row in cells) if numeric else None)
+    for row, r in zip(cells, shown):
+        table.add_row(*row, style=SEVERITY_STYLES.get(r.get("severity"), ""))
+    console.print(table)

@@ -13,7 +13,7 @@ import math
 from typing import Any, Callable
 
 from . import plots
-from .fmt import num
+from .fmt import num, span
 
 log = logging.getLogger(__name__)
 
@@ -63,22 +63,29 @@ def verdict_view(report: dict) -> dict[str, Any]:
     findings = report.get("findings") or []
     fail_on = gate.get("fail_on", "high")
     levels = {"critical": "critical findings", "high": "high or critical findings",
-              "never": "nothing (the gate is off)"}.get(fail_on, fail_on)
+              "warning": "any finding, warnings included", "never": "nothing (the gate is off)"}.get(fail_on, fail_on)
     css = "fail" if gate.get("failed") else ("error" if report.get("errors") else "pass")
     lines = [f"The gate (--fail-on {fail_on}) fails on {levels}; exit code {gate.get('exit_code', '—')}."]
     by_probe: dict[str, int] = {}
     for f in findings:
         by_probe[f.get("probe", "?")] = by_probe.get(f.get("probe", "?"), 0) + 1
+    regions = [region_row(r) for r in report.get("regions") or []]
     if findings:
         found_by = ", ".join(f"{k} ({v})" for k, v in by_probe.items())
-        lines.append(f"{len(findings)} verified finding(s) reported: {counts.get('critical', 0)} critical "
-                     f"(loss ≤ τ_min and far), {counts.get('high', 0)} high (loss ≤ τ_op and far), found by {found_by}; "
-                     f"{counts.get('merged_duplicates', 0)} near-duplicate(s) merged.")
+        grouped = (f" They lie in {len(regions)} blind region(s): the table below, one row per region, worst first."
+                   if regions else "")
+        lines.append(f"{num(counts.get('verified', len(findings)))} verified finding(s), {len(findings)} kept after merging "
+                     f"{counts.get('merged_duplicates', 0)} near-duplicate(s): {counts.get('critical', 0)} critical "
+                     f"(loss ≤ τ_min and far), {counts.get('high', 0)} high (loss ≤ τ_op and far), "
+                     f"{counts.get('warning', 0)} warning (loss ≤ τ_min, between s and δ from the normal data), "
+                     f"found by {found_by}.{grouped}")
     else:
         lines.append("No input far from the normal data with a loss below the thresholds was found within the budget. "
                      "That is evidence, not proof: a longer budget or other probes may still find some.")
     if report.get("status") != "complete":
         lines.append("Status: incomplete — the time budget or an interrupt cut some work short; the results so far are kept.")
+    if (report.get("region_grouping") or {}).get("complete") is False:
+        lines.append("Grouping stopped at its limit of path checks: some regions may be split further than they are.")
     checks = []
     for p in probes_of(report):
         art = (report.get("artifacts") or {}).get(p.get("probe"), {})
@@ -87,8 +94,20 @@ def verdict_view(report: dict) -> dict[str, Any]:
                        "candidates": num(p.get("candidates")),
                        "verified": num(art.get("verified")) if isinstance(art, dict) and "verified" in art else "—",
                        "findings": by_probe.get(p.get("probe"), 0), "seconds": num(p.get("seconds"), 3)})
-    return {"text": report.get("verdict", ""), "css": css, "lines": lines, "checks": checks,
+    return {"text": report.get("verdict", ""), "css": css, "lines": lines, "regions": regions, "checks": checks,
             "errors": report.get("errors") or []}
+
+
+def region_row(r: dict) -> dict[str, Any]:
+    """One blind region as the report's tables show it."""
+    split = r.get("severity_counts") or {}
+    label = str(r.get("label", ""))
+    return {"label": label, "anchor": "region-" + label.lstrip("#"), "severity": r.get("severity"),
+            "summary": r.get("summary", r.get("kind", "")),
+            "witnesses": num(r.get("witnesses")),
+            "split": " · ".join(f"{num(n)} {s}" for s, n in split.items() if n),
+            "distance": span(r.get("distance_ratio_min"), r.get("distance_ratio_max")),
+            "loss": num(r.get("loss_ratio_min"), 3), "probes": ", ".join(r.get("probes") or [])}
 
 
 def model_view(report: dict) -> dict[str, Any]:
