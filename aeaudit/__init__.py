@@ -9,6 +9,7 @@ Public API::
 The names below are imported on first use, so ``aeaudit --help`` and ``--version`` do not wait
 for torch to load.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,10 +18,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "AuditResult": ".audit", "scan": ".audit", "ScanConfig": ".config", "load_data": ".data",
-    "AeauditError": ".errors", "InputError": ".errors", "UntrustedCheckpointError": ".errors",
-    "Finding": ".findings", "AutoencoderAdapter": ".model", "LoadOptions": ".model", "load_model": ".model",
-    "Outcome": ".verdict", "harden": ".harden", "HardenSettings": ".harden", "compare": ".compare",
+    "AuditResult": ".audit",
+    "scan": ".audit",
+    "ScanConfig": ".config",
+    "load_data": ".data",
+    "AeauditError": ".errors",
+    "InputError": ".errors",
+    "UntrustedCheckpointError": ".errors",
+    "Finding": ".findings",
+    "AutoencoderAdapter": ".model",
+    "LoadOptions": ".model",
+    "load_model": ".model",
+    "Outcome": ".verdict",
+    "harden": ".harden",
+    "HardenSettings": ".harden",
+    "compare": ".compare",
 }
 __all__ = sorted([*_PUBLIC, "__version__"])
 

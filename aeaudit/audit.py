@@ -62,8 +62,9 @@ class AuditResult:
 
     @property
     def outcome(self) -> Outcome:
-        return decide((f.severity for f in self.findings), self.status == "complete", len(self.errors),
-                      self.config.fail_on)
+        return decide(
+            (f.severity for f in self.findings), self.status == "complete", len(self.errors), self.config.fail_on
+        )
 
     def exit_code(self) -> int:
         """The CI contract: 0 pass, 1 fail, 3 a check crashed, 4 inconclusive (see :mod:`aeaudit.verdict`)."""
@@ -81,13 +82,19 @@ class AuditResult:
             return f"FAIL: {regions} ({gate})"
         note = f"; below the gate: {regions}" if self.regions else ""
         if outcome is Outcome.ERROR:
-            return f"ERROR: {len(self.errors)} check(s) failed to run; the others found nothing at or above the gate{note}"
+            return (
+                f"ERROR: {len(self.errors)} check(s) failed to run; the others found nothing at or above the gate{note}"
+            )
         if outcome is Outcome.INCONCLUSIVE:
-            return (f"INCONCLUSIVE: {self.stopped or 'some planned work did not complete'}; nothing at or above the "
-                    f"gate in the {self.evaluations:,} evaluations done{note} ({gate})")
-        return (f"PASS: nothing at or above the gate in {self.evaluations:,} evaluations of "
-                f"{sum(p.get('status') == 'complete' for p in self.probes)} checks (search evidence, not proof){note} "
-                f"({gate})")
+            return (
+                f"INCONCLUSIVE: {self.stopped or 'some planned work did not complete'}; nothing at or above the "
+                f"gate in the {self.evaluations:,} evaluations done{note} ({gate})"
+            )
+        return (
+            f"PASS: nothing at or above the gate in {self.evaluations:,} evaluations of "
+            f"{sum(p.get('status') == 'complete' for p in self.probes)} checks (search evidence, not proof){note} "
+            f"({gate})"
+        )
 
     def to_dict(self, with_arrays: bool = True) -> dict[str, Any]:
         return {
@@ -100,9 +107,14 @@ class AuditResult:
             "stopped": self.stopped,
             "outcome": self.outcome.value,
             "verdict": self.verdict,
-            "gate": {"fail_on": self.config.fail_on, "levels": list(GATES[self.config.fail_on]),
-                     "failed": self.gate_failed(), "outcome": self.outcome.value,
-                     "inconclusive_as": self.config.inconclusive, "exit_code": self.exit_code()},
+            "gate": {
+                "fail_on": self.config.fail_on,
+                "levels": list(GATES[self.config.fail_on]),
+                "failed": self.gate_failed(),
+                "outcome": self.outcome.value,
+                "inconclusive_as": self.config.inconclusive,
+                "exit_code": self.exit_code(),
+            },
             "settings": self.config.to_dict(),
             "model": self.model,
             "data": self.data,
@@ -129,8 +141,12 @@ def _timed(timings: dict[str, float], key: str):
         timings[key] = round(time.perf_counter() - start, 4)
 
 
-def prepare(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path | np.ndarray | torch.Tensor,
-            config: ScanConfig, reporter: Reporter | None = None) -> AuditState:
+def prepare(
+    model: str | Path | nn.Module | AutoencoderAdapter,
+    data: str | Path | np.ndarray | torch.Tensor,
+    config: ScanConfig,
+    reporter: Reporter | None = None,
+) -> AuditState:
     """Load the model and data, check they fit, and compute the normal baseline. The time limit
     starts when this returns: it covers the checks, searches, verification and scorer comparison."""
     reporter = reporter or Reporter(enabled=False if config.quiet else None)
@@ -146,8 +162,16 @@ def prepare(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path
             anomalies = np.asarray(shape_samples(anomalies, adapter.input_shape, "anomalies")[0])
     with _timed(timings, "baseline"):
         domain = resolve_domain(config.bounds, np.asarray(arr[: min(len(arr), 10_000)]))
-        baseline = compute_baseline(adapter, arr, domain, seed=config.seed, heldout_fraction=config.heldout_fraction,
-                                    fpr=config.fpr, threshold=config.threshold, min_distance=config.min_distance)
+        baseline = compute_baseline(
+            adapter,
+            arr,
+            domain,
+            seed=config.seed,
+            heldout_fraction=config.heldout_fraction,
+            fpr=config.fpr,
+            threshold=config.threshold,
+            min_distance=config.min_distance,
+        )
         verifier = Verifier(adapter, baseline)
     summary = {
         "source": str(data) if isinstance(data, (str, Path)) else "<in memory>",
@@ -156,13 +180,20 @@ def prepare(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path
         "sample_shape": list(adapter.input_shape),
         "dtype": str(arr.dtype),
         "value_range": [float(np.min(arr[:10_000])), float(np.max(arr[:10_000]))],
-        "anomalies": ({"source": str(config.anomalies), "n_samples": int(len(anomalies)),
-                       "loss_sample": quantile_sample(adapter.losses(torch.tensor(anomalies)).double().cpu().numpy())}
-                      if anomalies is not None else None),
+        "anomalies": (
+            {
+                "source": str(config.anomalies),
+                "n_samples": int(len(anomalies)),
+                "loss_sample": quantile_sample(adapter.losses(torch.tensor(anomalies)).double().cpu().numpy()),
+            }
+            if anomalies is not None
+            else None
+        ),
         "verification_dtype": verifier.dtype_name,
     }
-    return AuditState(config, adapter, arr, baseline, verifier, anomalies, summary, reporter,
-                      Stop(config.time_limit), timings)
+    return AuditState(
+        config, adapter, arr, baseline, verifier, anomalies, summary, reporter, Stop(config.time_limit), timings
+    )
 
 
 def environment() -> dict[str, Any]:
@@ -170,14 +201,26 @@ def environment() -> dict[str, Any]:
     import scipy
     import sklearn
 
-    return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-            "numpy": numpy.__version__, "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
 
 
-def scan(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path | np.ndarray | torch.Tensor,
-         config: ScanConfig | None = None, *, reporter: Reporter | None = None, **overrides: Any) -> AuditResult:
+def scan(
+    model: str | Path | nn.Module | AutoencoderAdapter,
+    data: str | Path | np.ndarray | torch.Tensor,
+    config: ScanConfig | None = None,
+    *,
+    reporter: Reporter | None = None,
+    **overrides: Any,
+) -> AuditResult:
     """Audit an autoencoder for blind spots.
 
     ``model``: a checkpoint path, an ``nn.Module`` or a loaded adapter. ``data``: normal samples

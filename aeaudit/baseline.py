@@ -4,6 +4,7 @@ Normal data is split (seeded) into a *reference* part, which scorers are fitted 
 *held-out* part that calibrates thresholds and the distance scale ``s`` (held-out → reference
 nearest-neighbour distances). "Far from normal data" is measured against both parts.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,8 +60,9 @@ class Baseline:
         """The smallest distance at which a candidate can still become a finding (a warning lies ≥ s)."""
         return min(self.scale, self.min_distance)
 
-    def severity(self, loss: float, distance: float, tau_min: float | None = None,
-                 tau_op: float | None = None) -> str | None:
+    def severity(
+        self, loss: float, distance: float, tau_min: float | None = None, tau_op: float | None = None
+    ) -> str | None:
         """``critical`` (loss ≤ τ_min and d ≥ δ), ``high`` (loss ≤ τ_op and d ≥ δ), ``warning``
         (loss ≤ τ_min and s ≤ d < δ: more normal than every normal sample to the autoencoder, while a
         nearest-neighbour detector at the same false-positive rate would flag it) or ``None``."""
@@ -88,7 +90,12 @@ class Baseline:
             "min_distance_source": self.min_distance_source,
             "distance_definition": "distance to the nearest of all normal samples (reference and held-out)",
             "domain": self.domain.to_dict(),
-            "heldout_loss_quantiles": {"min": float(q[0]), "median": float(q[1]), "p99": float(q[2]), "max": float(q[3])},
+            "heldout_loss_quantiles": {
+                "min": float(q[0]),
+                "median": float(q[1]),
+                "p99": float(q[2]),
+                "max": float(q[3]),
+            },
             "heldout_loss_sample": quantile_sample(self.heldout_losses),
         }
 
@@ -112,9 +119,18 @@ def split_indices(n: int, heldout_fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(order[n_held:]), np.sort(order[:n_held])
 
 
-def compute_baseline(adapter: AutoencoderAdapter, data: np.ndarray, domain: Domain, *, seed: int = 0,
-                     heldout_fraction: float = 0.2, fpr: float = 0.01, threshold: float | None = None,
-                     min_distance: float | None = None, batch_size: int = 1024) -> Baseline:
+def compute_baseline(
+    adapter: AutoencoderAdapter,
+    data: np.ndarray,
+    domain: Domain,
+    *,
+    seed: int = 0,
+    heldout_fraction: float = 0.2,
+    fpr: float = 0.01,
+    threshold: float | None = None,
+    min_distance: float | None = None,
+    batch_size: int = 1024,
+) -> Baseline:
     """Split, measure losses and distances, and derive ``τ_min``, ``τ_op``, ``s`` and ``δ``."""
     ref_idx, held_idx = split_indices(len(data), heldout_fraction, seed)
     device, dtype = adapter.device, adapter.dtype
@@ -123,7 +139,9 @@ def compute_baseline(adapter: AutoencoderAdapter, data: np.ndarray, domain: Doma
     ref_losses = adapter.losses(reference, batch_size).double().cpu().numpy()
     held_losses = adapter.losses(heldout, batch_size).double().cpu().numpy()
     if not (np.isfinite(ref_losses).all() and np.isfinite(held_losses).all()):
-        raise InputError("the model's reconstruction loss is NaN or inf on normal data; check the data's scale and the model")
+        raise InputError(
+            "the model's reconstruction loss is NaN or inf on normal data; check the data's scale and the model"
+        )
     tau_min = float(min(ref_losses.min(), held_losses.min()))
     if threshold is not None:
         tau_op, tau_src = float(threshold), "--threshold"
@@ -137,18 +155,31 @@ def compute_baseline(adapter: AutoencoderAdapter, data: np.ndarray, domain: Doma
     if not scale > 0:
         nonzero = held_d[held_d > 0]
         if not len(nonzero):
-            raise InputError("the normal data has no spread: every held-out sample duplicates a reference sample "
-                             "(distance scale s = 0), so no distance can be called far; give varied normal data")
+            raise InputError(
+                "the normal data has no spread: every held-out sample duplicates a reference sample "
+                "(distance scale s = 0), so no distance can be called far; give varied normal data"
+            )
         scale = float(np.median(nonzero))
-        log.warning("over 99 %% of held-out samples duplicate a reference sample; s is the median non-zero "
-                    "distance, %.3g", scale)
+        log.warning(
+            "over 99 %% of held-out samples duplicate a reference sample; s is the median non-zero distance, %.3g",
+            scale,
+        )
     if min_distance is not None:
         delta, delta_src = float(min_distance), "--min-distance"
     else:
         delta, delta_src = DEFAULT_FAR_MULTIPLE * scale, f"{DEFAULT_FAR_MULTIPLE:g} × s (default)"
     return Baseline(
-        reference=reference, heldout=heldout, heldout_losses=held_losses, tau_min=tau_min, tau_op=tau_op,
-        tau_op_source=tau_src, scale=scale, min_distance=delta, min_distance_source=delta_src, domain=domain,
-        fpr=fpr, neighbours=NearestNeighbours(torch.cat([reference, heldout])),
+        reference=reference,
+        heldout=heldout,
+        heldout_losses=held_losses,
+        tau_min=tau_min,
+        tau_op=tau_op,
+        tau_op_source=tau_src,
+        scale=scale,
+        min_distance=delta,
+        min_distance_source=delta_src,
+        domain=domain,
+        fpr=fpr,
+        neighbours=NearestNeighbours(torch.cat([reference, heldout])),
         normal_rows=np.concatenate([ref_idx, held_idx]),
     )

@@ -11,15 +11,19 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from .errors import AeauditError, InputError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Audit trained autoencoder anomaly detectors for blind spots.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Audit trained autoencoder anomaly detectors for blind spots.",
+)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_PASS, EXIT_INPUT, EXIT_INTERNAL = 0, 2, 3  # the verdict's codes live in aeaudit.verdict
@@ -27,32 +31,57 @@ EXIT_PASS, EXIT_INPUT, EXIT_INTERNAL = 0, 2, 3  # the verdict's codes live in ae
 
 # Options shared by scan, harden and compare: one definition each, so their help and defaults agree.
 Data = Annotated[Path, typer.Option("--data", help="Normal data: .npy, .npz, .csv/.tsv or .pt.")]
-Arch = Annotated[Optional[str], typer.Option(help="Architecture for a state_dict: mlp:2,5,1,5,2 | file.py:factory | pkg.mod:factory.")]
+Arch = Annotated[
+    str | None,
+    typer.Option(help="Architecture for a state_dict: mlp:2,5,1,5,2 | file.py:factory | pkg.mod:factory."),
+]
 Activation = Annotated[str, typer.Option(help="Hidden activation for --arch mlp:...")]
 OutputActivation = Annotated[str, typer.Option(help="Output activation for --arch mlp:...")]
-TrustCheckpoint = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow unpickling arbitrary objects (runs code from the file).")]
-Encoder = Annotated[Optional[str], typer.Option(help="Attribute or method of the encoder (e.g. net.enc).")]
-Decoder = Annotated[Optional[str], typer.Option(help="Attribute or method of the decoder.")]
-InputShape = Annotated[Optional[str], typer.Option(help="Per-sample input shape, e.g. 1,28,28.")]
-DataKey = Annotated[Optional[str], typer.Option(help="Array name inside .npz / dict .pt data.")]
-Anomalies = Annotated[Optional[Path], typer.Option(help="Known anomalies (evaluation only: AUROC of each score).")]
+TrustCheckpoint = Annotated[
+    bool, typer.Option("--trust-checkpoint", help="Allow unpickling arbitrary objects (runs code from the file).")
+]
+Encoder = Annotated[str | None, typer.Option(help="Attribute or method of the encoder (e.g. net.enc).")]
+Decoder = Annotated[str | None, typer.Option(help="Attribute or method of the decoder.")]
+InputShape = Annotated[str | None, typer.Option(help="Per-sample input shape, e.g. 1,28,28.")]
+DataKey = Annotated[str | None, typer.Option(help="Array name inside .npz / dict .pt data.")]
+Anomalies = Annotated[Path | None, typer.Option(help="Known anomalies (evaluation only: AUROC of each score).")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Seed = Annotated[int, typer.Option(help="Seed for every random choice.")]
-Effort = Annotated[str, typer.Option(help="How much search: quick | standard | thorough (work, not time: the same "
-                                          "on any machine).")]
-TimeLimit = Annotated[Optional[float], typer.Option(help="Safety cap in seconds on the checks, searches and scorer "
-                                                         "comparison; a scan it cuts short is INCONCLUSIVE (exit 4).")]
+Effort = Annotated[
+    str, typer.Option(help="How much search: quick | standard | thorough (work, not time: the same on any machine).")
+]
+TimeLimit = Annotated[
+    float | None,
+    typer.Option(
+        help="Safety cap in seconds on the checks, searches and scorer "
+        "comparison; a scan it cuts short is INCONCLUSIVE (exit 4)."
+    ),
+]
 Fpr = Annotated[float, typer.Option(help="False-positive rate that sets τ_op on held-out normal data.")]
 Bounds = Annotated[str, typer.Option(help="Input domain: auto | none | LO,HI.")]
-Probes = Annotated[Optional[str], typer.Option(help="Comma-separated probes (default: all applicable).")]
-Scorers = Annotated[Optional[str], typer.Option(help="Comma-separated scorers compared and attacked (default: all; "
-                                                     "'recon' for the fast gate).")]
-ProbeSettings = Annotated[str, typer.Option(help="Probe settings KEY=VALUE, comma-separated; NAME.KEY for one probe, "
-                                                 "e.g. steps=400,pgd-input.starts=128 (docs/searches.md).")]
-ScorerSettings = Annotated[str, typer.Option(help="Scorer settings KEY=VALUE, comma-separated; NAME.KEY for one "
-                                                  "scorer, e.g. toll.beta=10,gradcon.beta=0.2 (docs/scorers.md).")]
+Probes = Annotated[str | None, typer.Option(help="Comma-separated probes (default: all applicable).")]
+Scorers = Annotated[
+    str | None,
+    typer.Option(help="Comma-separated scorers compared and attacked (default: all; 'recon' for the fast gate)."),
+]
+ProbeSettings = Annotated[
+    str,
+    typer.Option(
+        help="Probe settings KEY=VALUE, comma-separated; NAME.KEY for one probe, "
+        "e.g. steps=400,pgd-input.starts=128 (docs/searches.md)."
+    ),
+]
+ScorerSettings = Annotated[
+    str,
+    typer.Option(
+        help="Scorer settings KEY=VALUE, comma-separated; NAME.KEY for one "
+        "scorer, e.g. toll.beta=10,gradcon.beta=0.2 (docs/scorers.md)."
+    ),
+]
 FailOn = Annotated[str, typer.Option(help="Gate: critical | high | warning | never.")]
-Inconclusive = Annotated[str, typer.Option(help="Exit code of an inconclusive scan: inconclusive (4) | pass (0) | fail (1).")]
+Inconclusive = Annotated[
+    str, typer.Option(help="Exit code of an inconclusive scan: inconclusive (4) | pass (0) | fail (1).")
+]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")]
 
@@ -66,7 +95,9 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")) -> None:
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
     """Audit trained autoencoder anomaly detectors for blind spots."""
 
 
@@ -85,14 +116,16 @@ def scan_config(params: dict[str, Any]):
     load = {k: params[k] for k in LoadOptions.field_names() if k in params}
     load["input_shape"] = parse_shape(load.get("input_shape"))
     values = {k: params[k] for k in ScanConfig.__dataclass_fields__ if k in params and k != "load"}
-    values.update({
-        "load": LoadOptions(**load),
-        "anomalies": str(params["anomalies"]) if params.get("anomalies") else None,
-        "probe_settings": parse_settings(params.get("probe_settings", ""), "--probe-settings"),
-        "scorer_settings": parse_settings(params.get("scorer_settings", ""), "--scorer-settings"),
-        "command_line": shlex.join(["aeaudit", *sys.argv[1:]]),
-        "config_file": str(params["config_file"]) if params.get("config_file") else "",
-    })
+    values.update(
+        {
+            "load": LoadOptions(**load),
+            "anomalies": str(params["anomalies"]) if params.get("anomalies") else None,
+            "probe_settings": parse_settings(params.get("probe_settings", ""), "--probe-settings"),
+            "scorer_settings": parse_settings(params.get("scorer_settings", ""), "--scorer-settings"),
+            "command_line": shlex.join(["aeaudit", *sys.argv[1:]]),
+            "config_file": str(params["config_file"]) if params.get("config_file") else "",
+        }
+    )
     for key in ("probes", "scorers"):  # not named: the defaults
         if params.get(key) is not None:
             values[key] = _split(params[key])
@@ -161,7 +194,7 @@ def check_outputs(folder: Path | None = None, files: tuple[Path | None, ...] = (
         writable_dir(path.parent, "report file")
 
 
-def _config_callback(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+def _config_callback(ctx: typer.Context, value: Path | None) -> Path | None:
     """Eager: the settings file's values become this command's defaults, so flags override them.
     The option's value becomes the file actually read (found or given)."""
     from .config_file import apply_config_file
@@ -175,11 +208,17 @@ def _config_callback(ctx: typer.Context, value: Optional[Path]) -> Optional[Path
 
 
 def config_option():
-    return typer.Option(None, "--config", callback=_config_callback, is_eager=True, dir_okay=False,
-                        help="Settings file (default: ./aeaudit.toml, else \\[tool.aeaudit] in ./pyproject.toml); flags override it.")
+    return typer.Option(
+        None,
+        "--config",
+        callback=_config_callback,
+        is_eager=True,
+        dir_okay=False,
+        help="Settings file (default: ./aeaudit.toml, else \\[tool.aeaudit] in ./pyproject.toml); flags override it.",
+    )
 
 
-def write_extra_reports(report: dict, html: Optional[Path], junit: Optional[Path], markdown: Optional[Path]) -> list[Path]:
+def write_extra_reports(report: dict, html: Path | None, junit: Path | None, markdown: Path | None) -> list[Path]:
     """Write the HTML, JUnit and Markdown forms of ``report`` that were asked for; return their paths."""
     from .report.html import write_html
     from .report.junit import write_junit
@@ -194,7 +233,10 @@ def write_extra_reports(report: dict, html: Optional[Path], junit: Optional[Path
 
 @app.command()
 def scan(
-    model: Annotated[Path, typer.Argument(help="Checkpoint: TorchScript, .pt2, state_dict (+ --arch), pickle (+ --trust-checkpoint).")],
+    model: Annotated[
+        Path,
+        typer.Argument(help="Checkpoint: TorchScript, .pt2, state_dict (+ --arch), pickle (+ --trust-checkpoint)."),
+    ],
     data: Data,
     out: Path = typer.Option(Path("aeaudit-out"), "--out", "-o", help="Folder for report.json and report.html."),
     arch: Arch = None,
@@ -211,8 +253,8 @@ def scan(
     effort: Effort = "standard",
     time_limit: TimeLimit = 600.0,
     fpr: Fpr = 0.01,
-    threshold: Optional[float] = typer.Option(None, help="Operating threshold τ_op (overrides --fpr)."),
-    min_distance: Optional[float] = typer.Option(None, help="Distance δ that counts as far (default 2·s)."),
+    threshold: float | None = typer.Option(None, help="Operating threshold τ_op (overrides --fpr)."),
+    min_distance: float | None = typer.Option(None, help="Distance δ that counts as far (default 2·s)."),
     bounds: Bounds = "auto",
     probes: Probes = None,
     scorers: Scorers = None,
@@ -224,9 +266,11 @@ def scan(
     inconclusive: Inconclusive = "inconclusive",
     quiet: Quiet = False,
     debug: Debug = False,
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML here."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write a short Markdown summary (PR comment) here."),
-    config_file: Optional[Path] = config_option(),
+    junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML here."),
+    markdown: Path | None = typer.Option(
+        None, "--markdown", help="Also write a short Markdown summary (PR comment) here."
+    ),
+    config_file: Path | None = config_option(),
 ) -> None:
     """Scan MODEL for blind spots against normal data; write report.json and report.html and exit with the gate's code."""
     params = dict(locals())
@@ -257,11 +301,17 @@ def scan(
 def harden(
     model: Annotated[Path, typer.Argument(help="Checkpoint to harden (the formats scan reads, except PyOD and .pt2).")],
     data: Data,
-    method: Annotated[str, typer.Option("--method", help="toll (latent-norm penalty) | gradcon (gradient constraint).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the hardened checkpoint (same format family as MODEL).")],
-    from_scratch: bool = typer.Option(False, "--from-scratch", help="Re-initialise the weights (seeded) instead of fine-tuning."),
+    method: Annotated[
+        str, typer.Option("--method", help="toll (latent-norm penalty) | gradcon (gradient constraint).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write the hardened checkpoint (same format family as MODEL).")
+    ],
+    from_scratch: bool = typer.Option(
+        False, "--from-scratch", help="Re-initialise the weights (seeded) instead of fine-tuning."
+    ),
     steps: int = typer.Option(1000, help="Adam steps on random batches."),
-    epochs: Optional[float] = typer.Option(None, help="Set --steps from passes over the training split instead."),
+    epochs: float | None = typer.Option(None, help="Set --steps from passes over the training split instead."),
     lr: float = typer.Option(1e-3, help="Adam learning rate."),
     batch_size: int = typer.Option(64, help="Batch size."),
     beta: float = typer.Option(10.0, help="Toll: weight β of the latent-norm term (also used by the toll score)."),
@@ -292,20 +342,26 @@ def harden(
 
         load = {k: params[k] for k in LoadOptions.field_names()}
         load["input_shape"] = parse_shape(load["input_shape"])
-        settings = HardenSettings(load=LoadOptions(**load), **{k: params[k] for k in HardenSettings.__dataclass_fields__
-                                                               if k in params and k != "load"})
+        settings = HardenSettings(
+            load=LoadOptions(**load),
+            **{k: params[k] for k in HardenSettings.__dataclass_fields__ if k in params and k != "load"},
+        )
         check_outputs(files=(out,))
         result = run_harden(model, data, settings, reporter=Reporter(enabled=False if quiet else None))
         path = result.save(out)
         if not quiet:
             console = _console()
             knob = ", ".join(f"{k} {v:g}" for k, v in settings.method_parameters().items())
-            console.print(f"hardened with {method} ({knob}, {'from scratch' if from_scratch else 'fine-tuned'}, "
-                          f"{result.settings.steps} steps): selection objective {result.heldout_before:.4g} → "
-                          f"{result.heldout_after:.4g} (selected step {result.best_step})")
+            console.print(
+                f"hardened with {method} ({knob}, {'from scratch' if from_scratch else 'fine-tuned'}, "
+                f"{result.settings.steps} steps): selection objective {result.heldout_before:.4g} → "
+                f"{result.heldout_after:.4g} (selected step {result.best_step})"
+            )
             hint = f" --arch {arch}" if result.output_format == "state_dict" and arch else ""
             hint += " --trust-checkpoint" if result.output_format == "pickle" else ""
-            console.print(f"wrote {path} ({result.output_format}); audit it with: aeaudit scan {path}{hint} --data {data}")
+            console.print(
+                f"wrote {path} ({result.output_format}); audit it with: aeaudit scan {path}{hint} --data {data}"
+            )
         return EXIT_PASS
 
     raise typer.Exit(run_guarded(work, debug))
@@ -374,8 +430,8 @@ def compare(
 def report(
     results: Annotated[Path, typer.Argument(help="A report.json written by `aeaudit scan`.")],
     out: Path = typer.Option(Path("report.html"), "--out", "-o", help="Where to write the HTML report."),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML here."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write a Markdown summary here."),
+    junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML here."),
+    markdown: Path | None = typer.Option(None, "--markdown", help="Also write a Markdown summary here."),
     debug: Debug = False,
 ) -> None:
     """Re-render the HTML (and optionally JUnit / Markdown) report from a saved report.json.
@@ -390,8 +446,10 @@ def report(
         try:
             written = write_extra_reports(saved, out, junit, markdown)
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise InputError(f"{results}: a malformed report.json ({type(exc).__name__}: {exc}); "
-                             "give the report.json that `aeaudit scan` wrote") from None
+            raise InputError(
+                f"{results}: a malformed report.json ({type(exc).__name__}: {exc}); "
+                "give the report.json that `aeaudit scan` wrote"
+            ) from None
         for path in written:
             typer.echo(f"wrote {path}")
         return EXIT_PASS

@@ -6,6 +6,7 @@ the scorer table's adaptive searches, which attack each score directly), (2) a r
 *original* model's verified findings through the hardened model (are those inputs now flagged?),
 (3) the side-by-side counts. :func:`compare` returns one dict, written as ``compare.json``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,21 +40,40 @@ def audit_summary(result: AuditResult) -> dict[str, Any]:
         by_probe[f.probe] = by_probe.get(f.probe, 0) + 1
     t = report["thresholds"]
     return {
-        "verdict": report["verdict"], "status": report["status"], "gate_failed": report["gate"]["failed"],
-        "counts": report["counts"], "findings_by_kind": by_kind, "findings_by_probe": by_probe,
+        "verdict": report["verdict"],
+        "status": report["status"],
+        "gate_failed": report["gate"]["failed"],
+        "counts": report["counts"],
+        "findings_by_kind": by_kind,
+        "findings_by_probe": by_probe,
         "certificates": by_kind.get("certificate", 0),
-        "tau_min": t["tau_min"], "tau_op": t["tau_op"], "scale": t["scale"], "min_distance": t["min_distance"],
+        "tau_min": t["tau_min"],
+        "tau_op": t["tau_op"],
+        "scale": t["scale"],
+        "min_distance": t["min_distance"],
         "scorers": report.get("scorers", {}).get("table") or [],
-        "adaptive": {row["scorer"]: dict(zip(("findings", "complete", "evaluations"),
-                                             adaptive_search(report.get("scorers", {}).get("table") or [], row["scorer"])))
-                     for row in report.get("scorers", {}).get("table") or []},
+        "adaptive": {
+            row["scorer"]: dict(
+                zip(
+                    ("findings", "complete", "evaluations"),
+                    adaptive_search(report.get("scorers", {}).get("table") or [], row["scorer"]),
+                )
+            )
+            for row in report.get("scorers", {}).get("table") or []
+        },
         "probes": [{k: p[k] for k in ("probe", "status", "evaluations", "candidates")} for p in report["probes"]],
         "errors": report["errors"],
     }
 
 
-def replay_findings(findings: list, adapter: AutoencoderAdapter, data: np.ndarray, config: ScanConfig,
-                    thresholds: dict[str, Any], scorer_names: list[str]) -> dict[str, Any]:
+def replay_findings(
+    findings: list,
+    adapter: AutoencoderAdapter,
+    data: np.ndarray,
+    config: ScanConfig,
+    thresholds: dict[str, Any],
+    scorer_names: list[str],
+) -> dict[str, Any]:
     """Score the original model's findings on the hardened model.
 
     The reconstruction loss is recomputed in float64 against the hardened audit's ``τ_min`` /
@@ -93,9 +113,14 @@ def replay_findings(findings: list, adapter: AutoencoderAdapter, data: np.ndarra
 
 
 def _blind(scores: np.ndarray, threshold: float, minimum: float) -> dict[str, Any]:
-    return {"status": "complete", "threshold": float(threshold), "min_normal": float(minimum),
-            "still_below_threshold": int(np.sum(scores <= threshold)), "still_below_min": int(np.sum(scores <= minimum)),
-            "median_score_ratio": float(np.median(scores / threshold)) if threshold > 0 and len(scores) else None}
+    return {
+        "status": "complete",
+        "threshold": float(threshold),
+        "min_normal": float(minimum),
+        "still_below_threshold": int(np.sum(scores <= threshold)),
+        "still_below_min": int(np.sum(scores <= minimum)),
+        "median_score_ratio": float(np.median(scores / threshold)) if threshold > 0 and len(scores) else None,
+    }
 
 
 def adaptive_search(table: list[dict[str, Any]], name: str) -> tuple[int | None, bool, int]:
@@ -110,9 +135,15 @@ def adaptive_search(table: list[dict[str, Any]], name: str) -> tuple[int | None,
     return None, False, 0
 
 
-def compare(original: str | Path | nn.Module | AutoencoderAdapter, hardened: str | Path | nn.Module | AutoencoderAdapter,
-            data: str | Path | np.ndarray | torch.Tensor, config: ScanConfig | None = None, *,
-            reporter: Reporter | None = None, **overrides: Any) -> dict[str, Any]:
+def compare(
+    original: str | Path | nn.Module | AutoencoderAdapter,
+    hardened: str | Path | nn.Module | AutoencoderAdapter,
+    data: str | Path | np.ndarray | torch.Tensor,
+    config: ScanConfig | None = None,
+    *,
+    reporter: Reporter | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
     """Audit ``original`` and ``hardened`` on the same normal ``data`` with the same settings.
 
     Both audits use the scan settings (``config`` and keyword overrides), plus the score the
@@ -135,8 +166,9 @@ def compare(original: str | Path | nn.Module | AutoencoderAdapter, hardened: str
     original_result = scan(original, arr, config, reporter=reporter)
     hardened_result = scan(hardened_adapter, shaped, config, reporter=reporter)
 
-    replay = replay_findings(original_result.findings, hardened_adapter, shaped, config,
-                             hardened_result.thresholds, ["recon", deployed])
+    replay = replay_findings(
+        original_result.findings, hardened_adapter, shaped, config, hardened_result.thresholds, ["recon", deployed]
+    )
     before, after = audit_summary(original_result), audit_summary(hardened_result)
     deployed_replay = replay["scores"].get(deployed, {})
     if replay["n"] and deployed_replay.get("status") != "complete":  # the deployed score is unavailable: judge by recon
@@ -146,26 +178,37 @@ def compare(original: str | Path | nn.Module | AutoencoderAdapter, hardened: str
     checks = {  # None: the check could not run or did not finish (no original findings, no complete search)
         "hardened_gate_passed": {"PASS": True, "FAIL": False}.get(outcome),
         "original_findings_flagged": (deployed_replay.get("still_below_threshold", 0) == 0) if replay["n"] else None,
-        "adaptive_search_found_nothing": (False if adaptive else None if adaptive is None or not adaptive_complete
-                                          else True),
+        "adaptive_search_found_nothing": (
+            False if adaptive else None if adaptive is None or not adaptive_complete else True
+        ),
     }
     had = sum(gated(f.severity, config.fail_on) for f in original_result.findings)
-    counts = f"original {before['counts'].get('reported', 0)} finding(s) → hardened {after['counts'].get('reported', 0)}"
+    counts = (
+        f"original {before['counts'].get('reported', 0)} finding(s) → hardened {after['counts'].get('reported', 0)}"
+    )
     searched = f"{adaptive_evaluations:,} evaluations of the adaptive search against {deployed}"
     unsettled = [k for k, v in checks.items() if v is None and not (k == "original_findings_flagged" and not had)]
     if False in checks.values():
-        closed, verdict = False, (
-            f"NOT CLOSED: {counts}; adaptive findings vs {deployed}: {'–' if adaptive is None else adaptive}; "
-            f"original findings still unflagged under {deployed}: "
-            f"{deployed_replay.get('still_below_threshold', 0)} of {replay['n']}")
+        closed, verdict = (
+            False,
+            (
+                f"NOT CLOSED: {counts}; adaptive findings vs {deployed}: {'–' if adaptive is None else adaptive}; "
+                f"original findings still unflagged under {deployed}: "
+                f"{deployed_replay.get('still_below_threshold', 0)} of {replay['n']}"
+            ),
+        )
     elif unsettled:
-        closed, verdict = None, (f"INCONCLUSIVE: {counts}; not run to completion: {', '.join(unsettled)} "
-                                 f"({searched})")
+        closed, verdict = None, (f"INCONCLUSIVE: {counts}; not run to completion: {', '.join(unsettled)} ({searched})")
     elif not had:
         closed, verdict = None, f"NOTHING TO CLOSE: {counts} (the deployed score is {deployed}; {searched} found none)"
     else:
-        closed, verdict = True, (f"CLOSED: {counts}; every replayed original finding is flagged under {deployed}, "
-                                 f"and {searched} found none (evidence, not proof)")
+        closed, verdict = (
+            True,
+            (
+                f"CLOSED: {counts}; every replayed original finding is flagged under {deployed}, "
+                f"and {searched} found none (evidence, not proof)"
+            ),
+        )
     exit_code = hardened_result.exit_code()
     if exit_code == 0 and original_result.errors:
         exit_code = 3
@@ -177,14 +220,23 @@ def compare(original: str | Path | nn.Module | AutoencoderAdapter, hardened: str
         "adaptive_evaluations": adaptive_evaluations,
         "adaptive_complete": adaptive_complete,
         "exit_code": exit_code,
-        "hardening": {"method": method, "deployed_score": deployed,
-                      "settings": hardened_adapter.checkpoint_extras.get("aeaudit") or {}},
+        "hardening": {
+            "method": method,
+            "deployed_score": deployed,
+            "settings": hardened_adapter.checkpoint_extras.get("aeaudit") or {},
+        },
         "original": {"model": original_result.model.get("source"), **before},
         "hardened": {"model": hardened_result.model.get("source"), **after},
         "original_findings_on_hardened": replay,
-        "settings": {"seed": config.seed, "effort": config.effort, "time_limit": config.time_limit,
-                     "fpr": config.fpr, "probes": list(config.probes), "scorers": list(config.scorers),
-                     "fail_on": config.fail_on},
+        "settings": {
+            "seed": config.seed,
+            "effort": config.effort,
+            "time_limit": config.time_limit,
+            "fpr": config.fpr,
+            "probes": list(config.probes),
+            "scorers": list(config.scorers),
+            "fail_on": config.fail_on,
+        },
         "results": {"original": original_result, "hardened": hardened_result},
     }
 
@@ -196,4 +248,6 @@ def compare_json(result: dict[str, Any]) -> dict[str, Any]:
 
 def validate_pair(original: str | Path, hardened: str | Path) -> None:
     if Path(original).resolve() == Path(hardened).resolve():
-        raise InputError(f"compare: MODEL and HARDENED are the same file ({original}); give the hardened checkpoint second")
+        raise InputError(
+            f"compare: MODEL and HARDENED are the same file ({original}); give the hardened checkpoint second"
+        )

@@ -30,7 +30,9 @@ def _finite(value: Any, flag: str, *, low: float | None = None, strict: bool = T
     if ok and high is not None:
         ok = value < high
     if not ok:
-        bound = "" if low is None else f" {'>' if strict else '≥'} {low:g}" + ("" if high is None else f" and < {high:g}")
+        bound = (
+            "" if low is None else f" {'>' if strict else '≥'} {low:g}" + ("" if high is None else f" and < {high:g}")
+        )
         raise InputError(f"{flag} {value!r}: must be a finite number{bound}")
 
 
@@ -87,11 +89,15 @@ class ScanConfig:
         _finite(self.latent_extent, "--latent-extent", low=0)
         if not isinstance(self.top_k, int) or self.top_k < 1:
             raise InputError(f"--top-k {self.top_k!r}: must be an integer ≥ 1")
-        for flag, what, names, registry in (("--probes", "probe", self.probes, PROBES),
-                                            ("--scorers", "scorer", self.scorers, SCORERS)):
+        for flag, what, names, registry in (
+            ("--probes", "probe", self.probes, PROBES),
+            ("--scorers", "scorer", self.scorers, SCORERS),
+        ):
             unknown = [n for n in names if n not in registry]
             if unknown:
-                raise InputError(f"{flag}: unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(registry)}")
+                raise InputError(
+                    f"{flag}: unknown {what} {', '.join(map(repr, unknown))}; choose from {', '.join(registry)}"
+                )
         check_settings(self.probe_settings, PROBES, "--probe-settings")
         check_settings(self.scorer_settings, SCORERS, "--scorer-settings", extra=(ADAPTIVE_PROBES_KEY,))
         for name in self.probes:  # settings out of range fail now, not halfway through the scan

@@ -10,6 +10,7 @@ Settings that run code — ``trust-checkpoint = true`` (unpickling) and an ``arc
 file or module — are taken only from a file named with ``--config``: a file found in the current
 folder may have come with the checkout being scanned, and it must not vouch for itself.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -50,7 +51,9 @@ def _table(path: Path, doc: dict[str, Any]) -> tuple[dict[str, Any], str]:
     return doc, str(path)
 
 
-def find_config(explicit: str | Path | None = None, cwd: str | Path | None = None) -> tuple[Path | None, dict[str, Any], str]:
+def find_config(
+    explicit: str | Path | None = None, cwd: str | Path | None = None
+) -> tuple[Path | None, dict[str, Any], str]:
     """The settings file to use: ``explicit`` (``--config``), else ``aeaudit.toml`` or a
     ``pyproject.toml`` with a ``[tool.aeaudit]`` table in ``cwd``. Returns ``(path or None,
     settings, where)`` with keys as written in the file."""
@@ -86,17 +89,25 @@ def resolve_keys(settings: dict[str, Any], known: list[str], where: str) -> dict
     return out
 
 
-EXPECTED = {int: "an integer", float: "a number", str: "a string (or a list, joined by commas)",
-            bool: "true or false", Path: "a path (string)"}
+EXPECTED = {
+    int: "an integer",
+    float: "a number",
+    str: "a string (or a list, joined by commas)",
+    bool: "true or false",
+    Path: "a path (string)",
+}
 
 
 def convert(value: Any, kind: type, name: str, where: str, base: Path) -> Any:
     """A TOML value as the command's parameter of type ``kind`` (lists → comma-separated text, as
     on the command line; relative paths → relative to the settings file's folder ``base``)."""
-    ok = {int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          str: isinstance(value, (str, int, float, list)) and not isinstance(value, bool),
-          bool: isinstance(value, bool), Path: isinstance(value, str)}.get(kind, False)
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, (str, int, float, list)) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        Path: isinstance(value, str),
+    }.get(kind, False)
     if not ok:
         raise InputError(f"{where}: {name.replace('_', '-')} = {value!r}: expected {EXPECTED.get(kind, kind.__name__)}")
     if kind is str and isinstance(value, list):
@@ -122,9 +133,11 @@ def refuse_found_code_settings(values: dict[str, Any], where: str, path: Path) -
     if isinstance(arch, str) and not arch.strip().startswith("mlp:"):
         runs_code.append(f"arch = {arch!r} (imports and runs that code)")
     if runs_code:
-        raise InputError(f"{where}: {'; '.join(runs_code)} is accepted only from a settings file named with --config "
-                         f"or from the command line, not from one found in the current folder; "
-                         f"pass --config {path} if you vouch for it")
+        raise InputError(
+            f"{where}: {'; '.join(runs_code)} is accepted only from a settings file named with --config "
+            f"or from the command line, not from one found in the current folder; "
+            f"pass --config {path} if you vouch for it"
+        )
 
 
 def apply_config_file(ctx: Any, explicit: str | Path | None) -> Path | None:
@@ -139,7 +152,9 @@ def apply_config_file(ctx: Any, explicit: str | Path | None) -> Path | None:
     if explicit is None:
         refuse_found_code_settings(values, where, path)
     hints = get_type_hints(inspect.unwrap(ctx.command.callback))
-    converted = {name: convert(value, _base_type(hints.get(name, str)), name, where, path.parent)
-                 for name, value in values.items()}
+    converted = {
+        name: convert(value, _base_type(hints.get(name, str)), name, where, path.parent)
+        for name, value in values.items()
+    }
     ctx.default_map = {**(ctx.default_map or {}), **converted}
     return path

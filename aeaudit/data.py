@@ -3,6 +3,7 @@
 Every failure is an :class:`InputError` with one line: what is wrong, in which file, and
 what to do about it.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,8 +21,7 @@ from .errors import InputError
 SUFFIXES = (".npy", ".npz", ".csv", ".tsv", ".txt", ".pt", ".pth")
 
 
-def load_data(source: str | Path | np.ndarray | torch.Tensor, key: str | None = None,
-              what: str = "data") -> np.ndarray:
+def load_data(source: str | Path | np.ndarray | torch.Tensor, key: str | None = None, what: str = "data") -> np.ndarray:
     """Read an array of samples (first axis = samples) and validate it.
 
     ``.npy`` is memory-mapped; ``.npz`` needs ``key`` when it holds several arrays;
@@ -69,7 +69,9 @@ def _read(path: Path, key: str | None) -> Any:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
                 if key is None or key not in obj:
-                    raise InputError(f"{path} holds a dict with keys {', '.join(map(str, obj))}; choose one with --data-key")
+                    raise InputError(
+                        f"{path} holds a dict with keys {', '.join(map(str, obj))}; choose one with --data-key"
+                    )
                 obj = obj[key]
             if not isinstance(obj, torch.Tensor):
                 raise InputError(f"{path} holds a {type(obj).__name__}, not a tensor")
@@ -106,7 +108,9 @@ def _read_table(path: Path, delimiter: str | None) -> np.ndarray:
             raise InputError(f"{path}: row {i} has {len(row)} columns, expected {width}")
         if not _is_numeric_row(row):
             bad = next(c for c in row if not _is_number(c))
-            raise InputError(f"{path}: row {i} holds the non-numeric value {bad.strip()!r}; aeaudit needs numeric features")
+            raise InputError(
+                f"{path}: row {i} holds the non-numeric value {bad.strip()!r}; aeaudit needs numeric features"
+            )
     return np.asarray([[float(c) for c in r] for r in body], dtype=np.float64)
 
 
@@ -127,8 +131,10 @@ def validate(arr: Any, name: str) -> np.ndarray:
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise InputError(f"{name}: holds {arr.dtype} values, not numbers")
     if np.issubdtype(arr.dtype, np.complexfloating):
-        raise InputError(f"{name}: holds complex numbers ({arr.dtype}); an autoencoder audit needs real-valued "
-                         "features (split real and imaginary parts into features if the model takes them)")
+        raise InputError(
+            f"{name}: holds complex numbers ({arr.dtype}); an autoencoder audit needs real-valued "
+            "features (split real and imaginary parts into features if the model takes them)"
+        )
     if arr.ndim == 0 or arr.shape[0] == 0 or arr.size == 0:
         raise InputError(f"{name}: holds no samples (shape {arr.shape})")
     if arr.ndim == 1:
@@ -137,11 +143,15 @@ def validate(arr: Any, name: str) -> np.ndarray:
         bad = ~np.isfinite(arr)
         if bad.any():
             flat = int(np.flatnonzero(bad.reshape(arr.shape[0], -1).any(axis=1))[0])
-            raise InputError(f"{name}: sample {flat} holds NaN or inf ({int(bad.sum())} values in all); clean or drop those rows")
+            raise InputError(
+                f"{name}: sample {flat} holds NaN or inf ({int(bad.sum())} values in all); clean or drop those rows"
+            )
     return arr
 
 
-def shape_samples(arr: np.ndarray, input_shape: tuple[int, ...] | None, name: str = "data") -> tuple[np.ndarray, tuple[int, ...]]:
+def shape_samples(
+    arr: np.ndarray, input_shape: tuple[int, ...] | None, name: str = "data"
+) -> tuple[np.ndarray, tuple[int, ...]]:
     """Reshape ``arr`` to ``(N, *input_shape)``; with no shape known, keep the file's per-sample shape."""
     per_sample = tuple(arr.shape[1:])
     if not input_shape:
@@ -149,8 +159,10 @@ def shape_samples(arr: np.ndarray, input_shape: tuple[int, ...] | None, name: st
     want = int(np.prod(input_shape))
     have = int(np.prod(per_sample))
     if have != want:
-        raise InputError(f"{name}: samples have shape {per_sample} ({have} values) but the model takes "
-                         f"{tuple(input_shape)} ({want} values); check the file or --input-shape")
+        raise InputError(
+            f"{name}: samples have shape {per_sample} ({have} values) but the model takes "
+            f"{tuple(input_shape)} ({want} values); check the file or --input-shape"
+        )
     return arr.reshape((arr.shape[0], *input_shape)), tuple(input_shape)
 
 

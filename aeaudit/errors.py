@@ -1,4 +1,5 @@
 """Error types that map onto the CLI's exit codes."""
+
 from __future__ import annotations
 
 

@@ -3,11 +3,13 @@
 Probes propose *candidates*; nothing becomes a finding until its loss (or score) and its
 distance to all normal data have been recomputed in float64 on the CPU.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +50,12 @@ class Candidates:
 
     def take(self, idx: torch.Tensor, kind: str | None = None) -> Candidates:
         idx = idx.cpu()
-        return Candidates(x=self.x[idx].cpu(), probe=self.probe, kind=kind or self.kind,
-                          latent=self.latent[idx].cpu() if self.latent is not None else None)
+        return Candidates(
+            x=self.x[idx].cpu(),
+            probe=self.probe,
+            kind=kind or self.kind,
+            latent=self.latent[idx].cpu() if self.latent is not None else None,
+        )
 
 
 @dataclass
@@ -75,11 +81,21 @@ class Finding:
 
     def to_dict(self, with_arrays: bool = True) -> dict[str, Any]:
         out = {
-            "kind": self.kind, "probe": self.probe, "severity": self.severity, "objective": self.objective,
-            "loss": self.loss, "loss_ratio": self.loss_ratio, "loss_ratio_min": self.loss_ratio_min,
-            "distance": self.distance, "distance_ratio": self.distance_ratio, "verified": self.verified,
-            "nearest_index": self.nearest_index, "score": self.score, "score_threshold": self.score_threshold,
-            "latent": self.latent, "details": self.details,
+            "kind": self.kind,
+            "probe": self.probe,
+            "severity": self.severity,
+            "objective": self.objective,
+            "loss": self.loss,
+            "loss_ratio": self.loss_ratio,
+            "loss_ratio_min": self.loss_ratio_min,
+            "distance": self.distance,
+            "distance_ratio": self.distance_ratio,
+            "verified": self.verified,
+            "nearest_index": self.nearest_index,
+            "score": self.score,
+            "score_threshold": self.score_threshold,
+            "latent": self.latent,
+            "details": self.details,
         }
         if with_arrays and self.x is not None:
             out["x"] = _round_list(self.x)
@@ -124,8 +140,9 @@ class Verifier:
         return int(self.baseline.normal_rows[index])
 
     @torch.no_grad()
-    def measure(self, x: torch.Tensor, batch_size: int = 512,
-                stop: Stop = NEVER) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def measure(
+        self, x: torch.Tensor, batch_size: int = 512, stop: Stop = NEVER
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Return float64 ``(loss, distance, nearest normal index, reconstruction)``; a ``stop`` that
         is reached between batches ends the measurement early (fewer rows come back)."""
         losses, dists, idxs, recs = [], [], [], []
@@ -145,7 +162,9 @@ class Verifier:
         return (torch.cat(losses).numpy(), torch.cat(dists).numpy(), torch.cat(idxs).numpy(), torch.cat(recs).numpy())
 
 
-def evaluate_score(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def evaluate_score(
+    score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024
+) -> torch.Tensor:
     """Scores of ``x`` in batches, no graph kept. Autograd stays enabled because some scores
     (GradCon) take gradients internally."""
     outs = []
@@ -155,9 +174,14 @@ def evaluate_score(score: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     return torch.cat(outs) if outs else torch.empty(0, device=x.device)
 
 
-def prefilter(cands: Candidates, adapter: AutoencoderAdapter, baseline: Baseline,
-              score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-              threshold: float | None = None, stop: Stop = NEVER) -> tuple[Candidates, Candidates]:
+def prefilter(
+    cands: Candidates,
+    adapter: AutoencoderAdapter,
+    baseline: Baseline,
+    score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    threshold: float | None = None,
+    stop: Stop = NEVER,
+) -> tuple[Candidates, Candidates]:
     """Cheap screening in the model's dtype on its device before float64 verification.
 
     Returns ``(candidates, non-finite candidates)``: the first scored at most a little above the
@@ -182,9 +206,16 @@ def prefilter(cands: Candidates, adapter: AutoencoderAdapter, baseline: Baseline
     return cands.take(idx), cands.take(bad, kind=NON_FINITE)
 
 
-def verify(cands: Candidates, verifier: Verifier, *, objective: str = "recon",
-           score_fn64: Callable[[torch.Tensor], torch.Tensor] | None = None,
-           tau_min: float | None = None, tau_op: float | None = None, stop: Stop = NEVER) -> list[Finding]:
+def verify(
+    cands: Candidates,
+    verifier: Verifier,
+    *,
+    objective: str = "recon",
+    score_fn64: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    tau_min: float | None = None,
+    tau_op: float | None = None,
+    stop: Stop = NEVER,
+) -> list[Finding]:
     """Turn screened candidates into verified findings (float64, CPU).
 
     For ``objective == "recon"`` severity follows the loss; for a scorer's adaptive search,
@@ -210,31 +241,65 @@ def verify(cands: Candidates, verifier: Verifier, *, objective: str = "recon",
         sev = b.severity(float(score[i]), float(dist[i]), t_min, t_op)
         if sev is None:
             continue
-        findings.append(_finding(cands, i, verifier, sev, objective, loss[i], dist[i], nn_idx[i], rec[i],
-                                 float(score[i]) if score_fn64 is not None else None,
-                                 t_op if score_fn64 is not None else None))
+        findings.append(
+            _finding(
+                cands,
+                i,
+                verifier,
+                sev,
+                objective,
+                loss[i],
+                dist[i],
+                nn_idx[i],
+                rec[i],
+                float(score[i]) if score_fn64 is not None else None,
+                t_op if score_fn64 is not None else None,
+            )
+        )
     return findings
 
 
-def _finding(cands: Candidates, i: int, verifier: Verifier, severity: str, objective: str, loss: float,
-             dist: float, nn_index: int, rec: np.ndarray | None, score: float | None, threshold: float | None,
-             details: dict | None = None) -> Finding:
+def _finding(
+    cands: Candidates,
+    i: int,
+    verifier: Verifier,
+    severity: str,
+    objective: str,
+    loss: float,
+    dist: float,
+    nn_index: int,
+    rec: np.ndarray | None,
+    score: float | None,
+    threshold: float | None,
+    details: dict | None = None,
+) -> Finding:
     b = verifier.baseline
     with np.errstate(invalid="ignore", divide="ignore"):
         return Finding(
-            kind=cands.kind, probe=cands.probe, severity=severity, objective=objective, loss=float(loss),
-            loss_ratio=float(loss / b.tau_op), loss_ratio_min=float(loss / b.tau_min) if b.tau_min > 0 else float("inf"),
-            distance=float(dist), distance_ratio=float(dist / b.scale), verified=True,
-            nearest_index=verifier.data_row(int(nn_index)), score=score, score_threshold=threshold,
-            x=cands.x[i].detach().cpu().double().numpy(), reconstruction=rec,
+            kind=cands.kind,
+            probe=cands.probe,
+            severity=severity,
+            objective=objective,
+            loss=float(loss),
+            loss_ratio=float(loss / b.tau_op),
+            loss_ratio_min=float(loss / b.tau_min) if b.tau_min > 0 else float("inf"),
+            distance=float(dist),
+            distance_ratio=float(dist / b.scale),
+            verified=True,
+            nearest_index=verifier.data_row(int(nn_index)),
+            score=score,
+            score_threshold=threshold,
+            x=cands.x[i].detach().cpu().double().numpy(),
+            reconstruction=rec,
             latent=cands.latent[i].detach().cpu().double().flatten().tolist() if cands.latent is not None else None,
             details=details or {},
         )
 
 
 @torch.no_grad()
-def _verify_nonfinite(cands: Candidates, verifier: Verifier, objective: str,
-                      score_fn64: Callable[[torch.Tensor], torch.Tensor] | None) -> list[Finding]:
+def _verify_nonfinite(
+    cands: Candidates, verifier: Verifier, objective: str, score_fn64: Callable[[torch.Tensor], torch.Tensor] | None
+) -> list[Finding]:
     """A non-finite candidate stands when recomputing it on the CPU in the model's own dtype gives a
     non-finite loss or output again (for a scorer: a non-finite float64 score). Always critical."""
     x = cands.x.detach().to("cpu")
@@ -248,11 +313,28 @@ def _verify_nonfinite(cands: Candidates, verifier: Verifier, objective: str,
     dist, nn_idx = verifier.neighbours.query(x.to(torch.float64).reshape(len(x), -1))
     findings = []
     for i in np.flatnonzero(bad.numpy()):
-        details = {"non_finite": "score" if score_fn64 is not None else ("output" if bool(out_bad[i]) else "loss"),
-                   "model_dtype_loss": float(native_loss[i]), "float64_loss": float(loss64[i]),
-                   "float64_finite": bool(torch.isfinite(loss64[i]))}
-        findings.append(_finding(cands, i, verifier, "critical", objective, float(native_loss[i]), float(dist[i]),
-                                 int(nn_idx[i]), rec64[i].double().numpy(), None, None, details))
+        details = {
+            "non_finite": "score" if score_fn64 is not None else ("output" if bool(out_bad[i]) else "loss"),
+            "model_dtype_loss": float(native_loss[i]),
+            "float64_loss": float(loss64[i]),
+            "float64_finite": bool(torch.isfinite(loss64[i])),
+        }
+        findings.append(
+            _finding(
+                cands,
+                i,
+                verifier,
+                "critical",
+                objective,
+                float(native_loss[i]),
+                float(dist[i]),
+                int(nn_idx[i]),
+                rec64[i].double().numpy(),
+                None,
+                None,
+                details,
+            )
+        )
     return findings
 
 

@@ -14,6 +14,7 @@ for anomaly detection are unreliable"); the verdict then says how many evaluatio
 evidence, not proof. The adaptive searches have their own, smaller work settings per ``--effort``
 (``ADAPTIVE_SETTINGS``): every score is attacked with the same amount of work.
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,8 +69,11 @@ def adaptive_probes(state: AuditState, names: tuple[str, ...]) -> list[Probe]:
     out = []
     for name in names:
         taken = {k: v for k, v in preset.items() if k in accepted_keys(PROBES[name])}
-        out.append(make_probe(name, {"latent_extent": config.latent_extent, name: taken, **config.probe_settings},
-                              config.effort))
+        out.append(
+            make_probe(
+                name, {"latent_extent": config.latent_extent, name: taken, **config.probe_settings}, config.effort
+            )
+        )
     return out
 
 
@@ -94,10 +98,22 @@ def _roc(normal: np.ndarray, other: np.ndarray, against: str) -> dict[str, Any]:
 
 
 def _empty_row(name: str, verdict: str, note: str = "", posthoc: bool | None = None) -> dict[str, Any]:
-    return {"scorer": name, "posthoc": posthoc, "threshold": None, "transferred": 0, "transferred_detection_rate": None,
-            "auroc": None, "anomalies_auroc": None, "adaptive_findings": None, "adaptive_critical": None,
-            "adaptive_best_distance_ratio": None, "adaptive_best_loss_ratio": None,
-            "adaptive_best_normal_quantile": None, "verdict": verdict, "note": note}
+    return {
+        "scorer": name,
+        "posthoc": posthoc,
+        "threshold": None,
+        "transferred": 0,
+        "transferred_detection_rate": None,
+        "auroc": None,
+        "anomalies_auroc": None,
+        "adaptive_findings": None,
+        "adaptive_critical": None,
+        "adaptive_best_distance_ratio": None,
+        "adaptive_best_loss_ratio": None,
+        "adaptive_best_normal_quantile": None,
+        "verdict": verdict,
+        "note": note,
+    }
 
 
 def _best_ratios(found: list[Finding], scorer: Scorer) -> tuple[float | None, float | None, float | None]:
@@ -115,8 +131,9 @@ def _best_ratios(found: list[Finding], scorer: Scorer) -> tuple[float | None, fl
     return best_d, ratio, quantile
 
 
-def _verdict(rate: float | None, n_adaptive: int, searched: bool, search_note: str, complete: bool = True,
-             evaluations: int = 0) -> str:
+def _verdict(
+    rate: float | None, n_adaptive: int, searched: bool, search_note: str, complete: bool = True, evaluations: int = 0
+) -> str:
     """An empty search that did not run to completion never "closes the gap": it says so instead."""
     if n_adaptive:
         return "blind spots remain"
@@ -127,13 +144,21 @@ def _verdict(rate: float | None, n_adaptive: int, searched: bool, search_note: s
     if not complete:
         return f"inconclusive: its own search was cut short ({search_note}) after {evaluations:,} evaluations"
     if rate is None:
-        return f"not evaluated (no recon findings to transfer); its own search found none in {evaluations:,} evaluations"
+        return (
+            f"not evaluated (no recon findings to transfer); its own search found none in {evaluations:,} evaluations"
+        )
     return f"closes the gap: detects the transferred findings; its own search found none in {evaluations:,} evaluations"
 
 
-def _evaluate(state: AuditState, name: str, scan_findings: list[Finding], scan_results: list[ProbeResult],
-              adversarial: torch.Tensor | None, anomalies: torch.Tensor | None,
-              probe_names: tuple[str, ...]) -> tuple[dict[str, Any], dict | None, list[Finding], list[dict]]:
+def _evaluate(
+    state: AuditState,
+    name: str,
+    scan_findings: list[Finding],
+    scan_results: list[ProbeResult],
+    adversarial: torch.Tensor | None,
+    anomalies: torch.Tensor | None,
+    probe_names: tuple[str, ...],
+) -> tuple[dict[str, Any], dict | None, list[Finding], list[dict]]:
     """One scorer: ``(table row, roc curve, new adaptive findings, probe summaries)``."""
     scorer = make_scorer(name, state.config.scorer_settings)
     reason = scorer.skip_reason(state.adapter)
@@ -161,24 +186,37 @@ def _evaluate(state: AuditState, name: str, scan_findings: list[Finding], scan_r
         own = [f for f in scan_findings if f.objective == "recon"]
         row["adaptive_findings"] = len(own)
         row["adaptive_critical"] = sum(f.severity == "critical" for f in own)
-        (row["adaptive_best_distance_ratio"], row["adaptive_best_loss_ratio"],
-         row["adaptive_best_normal_quantile"]) = _best_ratios(own, scorer)
+        (row["adaptive_best_distance_ratio"], row["adaptive_best_loss_ratio"], row["adaptive_best_normal_quantile"]) = (
+            _best_ratios(own, scorer)
+        )
         searches = [r for r in scan_results if r.kind == "search"]
         row["adaptive_complete"] = all(r.status in ("complete", "skipped") for r in searches)
         row["adaptive_evaluations"] = sum(r.evaluations for r in searches)
         searched = row["adaptive_evaluations"] > 0 or bool(own)
-        row["verdict"] = _verdict(row["transferred_detection_rate"], len(own), searched,
-                                  "no search of the scan ran against the reconstruction loss",
-                                  row["adaptive_complete"], row["adaptive_evaluations"])
+        row["verdict"] = _verdict(
+            row["transferred_detection_rate"],
+            len(own),
+            searched,
+            "no search of the scan ran against the reconstruction loss",
+            row["adaptive_complete"],
+            row["adaptive_evaluations"],
+        )
         row["note"] = "adaptive search = the scan's own searches against the reconstruction loss"
         return row, curve, [], []
     search = scorer.search_objective()
-    objective = Objective(name, search.score, tau_min=search.tau_min, tau_op=search.tau_op,
-                          differentiable=search.differentiable)
-    judge = Objective(name, scorer.score, tau_min=scorer.min_normal_, tau_op=scorer.threshold_,
-                      differentiable=scorer.differentiable)
-    results, raw = run_probes(state, adaptive_probes(state, probe_names), objective,
-                              score_fn64=scorer.rebind(state.verifier.adapter).score, verify_objective=judge)
+    objective = Objective(
+        name, search.score, tau_min=search.tau_min, tau_op=search.tau_op, differentiable=search.differentiable
+    )
+    judge = Objective(
+        name, scorer.score, tau_min=scorer.min_normal_, tau_op=scorer.threshold_, differentiable=scorer.differentiable
+    )
+    results, raw = run_probes(
+        state,
+        adaptive_probes(state, probe_names),
+        objective,
+        score_fn64=scorer.rebind(state.verifier.adapter).score,
+        verify_objective=judge,
+    )
     found, _ = merge_and_rank(raw, b.scale, top_k=state.config.top_k)
     searched = any(r.evaluations > 0 or r.findings for r in results)
     search_note = "; ".join(f"{r.probe}: {r.reason or r.status}" for r in results) or "no search ran"
@@ -186,13 +224,15 @@ def _evaluate(state: AuditState, name: str, scan_findings: list[Finding], scan_r
         row["note"] = f"{row['note']}; search: {search.note}" if row["note"] else f"search: {search.note}"
     row["adaptive_findings"] = len(found)
     row["adaptive_critical"] = sum(f.severity == "critical" for f in found)
-    (row["adaptive_best_distance_ratio"], row["adaptive_best_loss_ratio"],
-     row["adaptive_best_normal_quantile"]) = _best_ratios(found, scorer)
+    (row["adaptive_best_distance_ratio"], row["adaptive_best_loss_ratio"], row["adaptive_best_normal_quantile"]) = (
+        _best_ratios(found, scorer)
+    )
     complete = all(r.status in ("complete", "skipped") for r in results)
     row["adaptive_complete"] = complete
     row["adaptive_evaluations"] = sum(r.evaluations for r in results)
-    row["verdict"] = _verdict(row["transferred_detection_rate"], len(found), searched, search_note, complete,
-                              row["adaptive_evaluations"])
+    row["verdict"] = _verdict(
+        row["transferred_detection_rate"], len(found), searched, search_note, complete, row["adaptive_evaluations"]
+    )
     return row, curve, found, [r.summary() for r in results]
 
 
@@ -204,17 +244,26 @@ def compare_scorers(state: AuditState, findings: list[Finding], scan_results: li
     recon_found = [f.x for f in findings if f.x is not None and f.objective == "recon" and f.kind != "non-finite"]
     adversarial = _to_tensor(np.stack(recon_found), state) if recon_found else None
     anomalies = _to_tensor(state.anomalies, state) if state.anomalies is not None and len(state.anomalies) else None
-    out: dict[str, Any] = {"status": "complete", "adaptive_search": list(probe_names), "high_detection": HIGH_DETECTION,
-                           "adaptive_settings": ADAPTIVE_SETTINGS[state.config.effort],
-                           "table": [], "roc": {}, "adaptive_findings": [], "adaptive_probes": {}, "errors": []}
+    out: dict[str, Any] = {
+        "status": "complete",
+        "adaptive_search": list(probe_names),
+        "high_detection": HIGH_DETECTION,
+        "adaptive_settings": ADAPTIVE_SETTINGS[state.config.effort],
+        "table": [],
+        "roc": {},
+        "adaptive_findings": [],
+        "adaptive_probes": {},
+        "errors": [],
+    }
     for name in names:
         if (stopped := state.stop.reason()) is not None:
             out["table"].append(_empty_row(name, f"not evaluated ({stopped})"))
             out["status"] = "incomplete"
             continue
         try:
-            row, curve, found, summaries = _evaluate(state, name, findings, scan_results, adversarial, anomalies,
-                                                     probe_names)
+            row, curve, found, summaries = _evaluate(
+                state, name, findings, scan_results, adversarial, anomalies, probe_names
+            )
         except KeyboardInterrupt:
             state.stop.interrupt("Ctrl-C")
             row, curve, found, summaries = _empty_row(name, "not evaluated (interrupted)"), None, [], []

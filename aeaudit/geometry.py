@@ -5,6 +5,7 @@ stays bounded and the work runs as matrix products on the chosen device. The ide
 precision when distances are tiny next to the norms, so the nearest candidates it finds
 are re-measured directly (``refine``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,12 +48,15 @@ class NearestNeighbours:
     def _direct(self, q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Distances ``[N, k]`` from each query to its candidate references, measured directly in blocks."""
         rows = max(1, self.chunk_elements // max(idx.shape[1] * q.shape[1], 1))
-        parts = [(q[i : i + rows].unsqueeze(1) - self.reference[idx[i : i + rows]]).pow(2).sum(dim=2).sqrt()
-                 for i in range(0, q.shape[0], rows)]
+        parts = [
+            (q[i : i + rows].unsqueeze(1) - self.reference[idx[i : i + rows]]).pow(2).sum(dim=2).sqrt()
+            for i in range(0, q.shape[0], rows)
+        ]
         return torch.cat(parts) if parts else q.new_empty(0, idx.shape[1])
 
-    def query(self, queries: torch.Tensor, exclude_self: bool = False,
-              refine: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def query(
+        self, queries: torch.Tensor, exclude_self: bool = False, refine: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(distances [N], indices [N])`` of each query's nearest reference sample.
 
         Differentiable w.r.t. ``queries`` (the distance to the selected neighbour is recomputed
@@ -71,15 +75,14 @@ class NearestNeighbours:
         rows = torch.arange(q.shape[0], device=q.device)
         return dist[rows, best], idx[rows, best]
 
-
-    def shortlist(self, queries: torch.Tensor, k: int) -> "Shortlist":
+    def shortlist(self, queries: torch.Tensor, k: int) -> Shortlist:
         """The references among the ``k`` nearest of any query (no gradient), for
         :meth:`nearest_among` while the queries move only a little (the steps of a search)."""
         q = queries.detach().reshape(queries.shape[0], -1).to(self.reference.dtype)
         rows = torch.unique(self._nearest_indices(q, min(k, self.reference.shape[0]), exclude_self=False))
         return Shortlist(rows, self.reference[rows], self.ref_sq[rows])
 
-    def nearest_among(self, queries: torch.Tensor, shortlist: "Shortlist") -> torch.Tensor:
+    def nearest_among(self, queries: torch.Tensor, shortlist: Shortlist) -> torch.Tensor:
         """Distance ``[N]`` from each query to its nearest shortlisted reference (differentiable).
         An upper bound of the true nearest distance, equal to it while the true nearest is on the
         list; one small matrix product instead of a pass over the whole reference set, and the
@@ -138,10 +141,14 @@ def resolve_domain(spec: str, data: np.ndarray) -> Domain:
             raise InputError(f"--bounds {spec!r}: LO must be smaller than HI")
         return Domain(lo, hi, "explicit", f"[{lo:g}, {hi:g}] (--bounds)")
     lo, hi = float(np.min(data)), float(np.max(data))
-    is_int = np.issubdtype(data.dtype, np.integer) or bool(np.all(np.mod(np.asarray(data[: min(len(data), 256)]), 1) == 0))
+    is_int = np.issubdtype(data.dtype, np.integer) or bool(
+        np.all(np.mod(np.asarray(data[: min(len(data), 256)]), 1) == 0)
+    )
     for low, high in ((0.0, 1.0), (-1.0, 1.0)):
         if lo >= low and hi <= high and (hi - lo) > 0.5 * (high - low):
             return Domain(low, high, "auto", f"[{low:g}, {high:g}]: the normal data spans {lo:.3g}..{hi:.3g}")
     if lo >= 0 and hi <= 255 and hi > 127 and is_int:
         return Domain(0.0, 255.0, "auto", f"[0, 255]: integer data spanning {lo:.3g}..{hi:.3g}")
-    return Domain(None, None, "auto", f"unbounded: the normal data spans {lo:.3g}..{hi:.3g}, not a standard image range")
+    return Domain(
+        None, None, "auto", f"unbounded: the normal data spans {lo:.3g}..{hi:.3g}, not a standard image range"
+    )

@@ -73,17 +73,25 @@ class HardenSettings:
     def __post_init__(self) -> None:
         if self.method not in HARDENING_METHODS:
             raise InputError(f"--method {self.method!r}: choose one of {', '.join(HARDENING_METHODS)}")
-        checks = [(isinstance(self.steps, int) and self.steps >= 1, f"--steps {self.steps!r}: must be at least 1"),
-                  (_positive(self.lr), f"--lr {self.lr!r}: must be a positive number"),
-                  (isinstance(self.batch_size, int) and self.batch_size >= 1,
-                   f"--batch-size {self.batch_size!r}: must be at least 1"),
-                  (_positive(self.beta, zero=True), f"--beta {self.beta!r}: must be a non-negative number"),
-                  (_positive(self.alpha, zero=True), f"--alpha {self.alpha!r}: must be a non-negative number"),
-                  (self.epochs is None or _positive(self.epochs), f"--epochs {self.epochs!r}: must be positive"),
-                  (isinstance(self.seed, int) and self.seed >= 0, f"--seed {self.seed!r}: must be an integer ≥ 0")]
+        checks = [
+            (isinstance(self.steps, int) and self.steps >= 1, f"--steps {self.steps!r}: must be at least 1"),
+            (_positive(self.lr), f"--lr {self.lr!r}: must be a positive number"),
+            (
+                isinstance(self.batch_size, int) and self.batch_size >= 1,
+                f"--batch-size {self.batch_size!r}: must be at least 1",
+            ),
+            (_positive(self.beta, zero=True), f"--beta {self.beta!r}: must be a non-negative number"),
+            (_positive(self.alpha, zero=True), f"--alpha {self.alpha!r}: must be a non-negative number"),
+            (self.epochs is None or _positive(self.epochs), f"--epochs {self.epochs!r}: must be positive"),
+            (isinstance(self.seed, int) and self.seed >= 0, f"--seed {self.seed!r}: must be an integer ≥ 0"),
+        ]
         for fraction, name in ((self.heldout_fraction, "held-out"), (self.selection_fraction, "selection")):
-            checks.append((_positive(fraction) and fraction < 1, f"{name} fraction {fraction!r}: must lie strictly "
-                                                                 "between 0 and 1"))
+            checks.append(
+                (
+                    _positive(fraction) and fraction < 1,
+                    f"{name} fraction {fraction!r}: must lie strictly between 0 and 1",
+                )
+            )
         for ok, message in checks:
             if not ok:
                 raise InputError(message)
@@ -131,12 +139,24 @@ class HardenResult:
     def metadata(self) -> dict[str, Any]:
         """What the checkpoint records under ``"aeaudit"`` (plain types: loads with weights_only)."""
         s = self.settings
-        return {"method": s.method, "from_scratch": bool(s.from_scratch), "steps": int(s.steps), "lr": float(s.lr),
-                "batch_size": int(s.batch_size), "seed": int(s.seed), "heldout_fraction": float(s.heldout_fraction),
-                "selection_fraction": float(s.selection_fraction), **s.method_parameters(),
-                "best_step": self.best_step, "selection": self.selection,
-                "heldout_objective_before": self.heldout_before, "heldout_objective_after": self.heldout_after,
-                "source": self.source, "source_sha256": self.source_sha256, "version": __version__}
+        return {
+            "method": s.method,
+            "from_scratch": bool(s.from_scratch),
+            "steps": int(s.steps),
+            "lr": float(s.lr),
+            "batch_size": int(s.batch_size),
+            "seed": int(s.seed),
+            "heldout_fraction": float(s.heldout_fraction),
+            "selection_fraction": float(s.selection_fraction),
+            **s.method_parameters(),
+            "best_step": self.best_step,
+            "selection": self.selection,
+            "heldout_objective_before": self.heldout_before,
+            "heldout_objective_after": self.heldout_after,
+            "source": self.source,
+            "source_sha256": self.source_sha256,
+            "version": __version__,
+        }
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {META_KEY: self.metadata(), **self.extras}
@@ -170,10 +190,14 @@ class HardenResult:
 def _output_format(adapter: AutoencoderAdapter) -> str:
     fmt = adapter.card.format
     if adapter.loss_kind == "pyod" or fmt.startswith("pyod"):
-        raise InputError("harden cannot write a PyOD detector back; save its .model's state_dict and harden that with --arch")
+        raise InputError(
+            "harden cannot write a PyOD detector back; save its .model's state_dict and harden that with --arch"
+        )
     if fmt == "torch.export":
-        raise InputError("harden cannot retrain a torch.export (.pt2) program; harden the TorchScript or state_dict "
-                         "version of the model, then export the result")
+        raise InputError(
+            "harden cannot retrain a torch.export (.pt2) program; harden the TorchScript or state_dict "
+            "version of the model, then export the result"
+        )
     if fmt == "torchscript":
         return "torchscript"
     if fmt.startswith("pickle"):
@@ -183,11 +207,16 @@ def _output_format(adapter: AutoencoderAdapter) -> str:
 
 def reinitialise(module: nn.Module, seed: int) -> None:
     """Fresh weights for the same architecture: every layer's own ``reset_parameters()``, seeded."""
-    missing = [name or type(module).__name__ for name, m in module.named_modules()
-               if any(True for _ in m.parameters(recurse=False)) and not callable(getattr(m, "reset_parameters", None))]
+    missing = [
+        name or type(module).__name__
+        for name, m in module.named_modules()
+        if any(True for _ in m.parameters(recurse=False)) and not callable(getattr(m, "reset_parameters", None))
+    ]
     if missing:
-        raise InputError(f"--from-scratch: layer(s) {', '.join(missing[:4])} have no reset_parameters() (TorchScript "
-                         "archives keep no initialisers); fine-tune instead, or harden the state_dict with --arch")
+        raise InputError(
+            f"--from-scratch: layer(s) {', '.join(missing[:4])} have no reset_parameters() (TorchScript "
+            "archives keep no initialisers); fine-tune instead, or harden the state_dict with --arch"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for m in module.modules():
@@ -203,8 +232,15 @@ def selection_split(n: int, settings: HardenSettings) -> tuple[np.ndarray, np.nd
     return reference[fit], reference[select]
 
 
-def _train(adapter: AutoencoderAdapter, objective: TrainingObjective, train_x: torch.Tensor, held: torch.Tensor,
-           settings: HardenSettings, steps: int, reporter: Reporter) -> dict[str, Any]:
+def _train(
+    adapter: AutoencoderAdapter,
+    objective: TrainingObjective,
+    train_x: torch.Tensor,
+    held: torch.Tensor,
+    settings: HardenSettings,
+    steps: int,
+    reporter: Reporter,
+) -> dict[str, Any]:
     """Adam on seeded random batches; the selection objective is evaluated ``EVALUATIONS`` times and
     the best trained state (with the method's snapshot, e.g. GradCon's reference) is kept."""
     module = adapter.module
@@ -238,8 +274,10 @@ def _train(adapter: AutoencoderAdapter, objective: TrainingObjective, train_x: t
                 train_loss = float(running) / since
                 if not math.isfinite(train_loss):
                     knob = ", ".join(f"--{k}" for k in settings.method_parameters())
-                    raise InputError(f"harden: the training loss became {train_loss} by step {step}; lower --lr "
-                                     f"(now {settings.lr:g}) or {knob}")
+                    raise InputError(
+                        f"harden: the training loss became {train_loss} by step {step}; lower --lr "
+                        f"(now {settings.lr:g}) or {knob}"
+                    )
                 value = evaluate()
                 history.append({"step": step, "train_loss": train_loss, "heldout": value})
                 running, since = torch.zeros_like(running), 0
@@ -249,14 +287,25 @@ def _train(adapter: AutoencoderAdapter, objective: TrainingObjective, train_x: t
             bar.advance(1)
     if best_state is None:
         raise InputError(f"harden: the selection objective was never finite; lower --lr (now {settings.lr:g})")
-    return {"before": before, "best": best, "best_step": best_step, "state": best_state,
-            "snapshot": best_snapshot, "history": history}
+    return {
+        "before": before,
+        "best": best,
+        "best_step": best_step,
+        "state": best_state,
+        "snapshot": best_snapshot,
+        "history": history,
+    }
 
 
 # --------------------------------------------------------------------------- entry point
-def harden(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path | np.ndarray | torch.Tensor,
-           settings: HardenSettings | None = None, *, reporter: Reporter | None = None,
-           **overrides: Any) -> HardenResult:
+def harden(
+    model: str | Path | nn.Module | AutoencoderAdapter,
+    data: str | Path | np.ndarray | torch.Tensor,
+    settings: HardenSettings | None = None,
+    *,
+    reporter: Reporter | None = None,
+    **overrides: Any,
+) -> HardenResult:
     """Retrain ``model`` on normal ``data`` with a method's training objective; return the selected weights.
 
     ``model`` is loaded like :func:`aeaudit.scan` loads it (``settings.load``: the model-loading
@@ -291,14 +340,28 @@ def harden(model: str | Path | nn.Module | AutoencoderAdapter, data: str | Path 
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    log.info("harden %s: selection objective %.5g → %.5g (best at step %d of %d)", settings.method, run["before"],
-             run["best"], run["best_step"], steps)
+    log.info(
+        "harden %s: selection objective %.5g → %.5g (best at step %d of %d)",
+        settings.method,
+        run["before"],
+        run["best"],
+        run["best_step"],
+        steps,
+    )
     source = str(model) if isinstance(model, (str, Path)) else ""
-    return HardenResult(adapter=adapter, settings=_with_steps(settings, steps), output_format=output_format,
-                        history=run["history"], best_step=run["best_step"], heldout_before=run["before"],
-                        heldout_after=run["best"], selection=objective.selection,
-                        extras=objective.checkpoint_extras(run["snapshot"]), source=source,
-                        source_sha256=file_sha256(Path(model)) if source else "")
+    return HardenResult(
+        adapter=adapter,
+        settings=_with_steps(settings, steps),
+        output_format=output_format,
+        history=run["history"],
+        best_step=run["best_step"],
+        heldout_before=run["before"],
+        heldout_after=run["best"],
+        selection=objective.selection,
+        extras=objective.checkpoint_extras(run["snapshot"]),
+        source=source,
+        source_sha256=file_sha256(Path(model)) if source else "",
+    )
 
 
 def _settings(settings: HardenSettings | None, overrides: dict[str, Any]) -> HardenSettings:

@@ -1,9 +1,10 @@
 """Progress bars: rich on a terminal, silent with --quiet or when output is not a TTY."""
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 class _Task:
@@ -31,11 +32,25 @@ class Reporter:
         if not self.enabled:
             yield _Task(None, None)
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         # MofNCompleteColumn shows "?" for a task of unknown length (total=None)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TimeRemainingColumn(), transient=True, console=self.console) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+            console=self.console,
+        ) as progress:
             task_id = progress.add_task(description, total=total)
             yield _Task(progress, task_id)
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,13 +45,24 @@ class AuditState:
         return Objective("recon", self.adapter.loss, self.baseline.tau_min, self.baseline.tau_op)
 
     def context(self, objective: Objective) -> ProbeContext:
-        return ProbeContext(adapter=self.adapter, baseline=self.baseline, objective=objective, stop=self.stop,
-                            seed=self.config.seed, reporter=self.reporter, verifier=self.verifier)
+        return ProbeContext(
+            adapter=self.adapter,
+            baseline=self.baseline,
+            objective=objective,
+            stop=self.stop,
+            seed=self.config.seed,
+            reporter=self.reporter,
+            verifier=self.verifier,
+        )
 
 
-def run_probes(state: AuditState, probes: list[Probe], objective: Objective,
-               score_fn64: Callable[[torch.Tensor], torch.Tensor] | None = None,
-               verify_objective: Objective | None = None) -> tuple[list[ProbeResult], list[Finding]]:
+def run_probes(
+    state: AuditState,
+    probes: list[Probe],
+    objective: Objective,
+    score_fn64: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    verify_objective: Objective | None = None,
+) -> tuple[list[ProbeResult], list[Finding]]:
     """Run ``probes`` against ``objective``; screen and verify their candidates.
 
     Candidates are screened with ``verify_objective`` (default: ``objective``) and verified in float64
@@ -64,8 +76,11 @@ def run_probes(state: AuditState, probes: list[Probe], objective: Objective,
     findings: list[Finding] = []
     for probe in probes:
         if (stopped := state.stop.reason()) is not None:
-            results.append(ProbeResult(probe.name, probe.kind, status="incomplete", reason=f"not run: {stopped}",
-                                       params=probe.params()))
+            results.append(
+                ProbeResult(
+                    probe.name, probe.kind, status="incomplete", reason=f"not run: {stopped}", params=probe.params()
+                )
+            )
             continue
         try:
             result = probe.run(state.context(objective))
@@ -78,17 +93,33 @@ def run_probes(state: AuditState, probes: list[Probe], objective: Objective,
         except Exception as exc:  # one broken check must not hide the others' results
             log.error("probe %s failed: %s", probe.name, one_line(exc))
             log.debug("traceback of probe %s", probe.name, exc_info=True)
-            result = ProbeResult(probe.name, probe.kind, status="error", reason=one_line(exc),
-                                 details=traceback.format_exc(), params=probe.params())
+            result = ProbeResult(
+                probe.name,
+                probe.kind,
+                status="error",
+                reason=one_line(exc),
+                details=traceback.format_exc(),
+                params=probe.params(),
+            )
         for f in result.findings:
             f.objective = objective.name
         findings.extend(result.findings)
         if result.candidates is not None and len(result.candidates):
-            screened, odd = prefilter(result.candidates, state.adapter, state.baseline, judge.score, judge.tau_op,
-                                      stop=state.stop)
-            verified = [*verify(screened, state.verifier, objective=objective.name, score_fn64=score_fn64,
-                                tau_min=judge.tau_min, tau_op=judge.tau_op, stop=state.stop),
-                        *verify(odd, state.verifier, objective=objective.name, score_fn64=score_fn64)]
+            screened, odd = prefilter(
+                result.candidates, state.adapter, state.baseline, judge.score, judge.tau_op, stop=state.stop
+            )
+            verified = [
+                *verify(
+                    screened,
+                    state.verifier,
+                    objective=objective.name,
+                    score_fn64=score_fn64,
+                    tau_min=judge.tau_min,
+                    tau_op=judge.tau_op,
+                    stop=state.stop,
+                ),
+                *verify(odd, state.verifier, objective=objective.name, score_fn64=score_fn64),
+            ]
             result.artifacts["verified"] = len(verified)
             findings.extend(verified)
         results.append(result)

@@ -61,7 +61,9 @@ def accepted_keys(cls: type) -> set[str]:
     return set(field_types(cls))
 
 
-def constructor_kwargs(name: str, cls: type, settings: dict[str, Any] | None, registry: dict[str, type]) -> dict[str, Any]:
+def constructor_kwargs(
+    name: str, cls: type, settings: dict[str, Any] | None, registry: dict[str, type]
+) -> dict[str, Any]:
     """The keyword arguments for ``registry[name]``: the flat keys it takes, then its own."""
     settings = settings or {}
     own = settings.get(name)
@@ -91,8 +93,10 @@ def check_settings(settings: dict[str, Any], registry: dict[str, type], flag: st
                 _check_type(key, value, field_types(cls).get(key), flag)
     if unknown:
         known = ", ".join(sorted(takes_any))
-        raise InputError(f"{flag}: unknown setting(s) {', '.join(unknown)}; known: {known} "
-                         f"(prefix NAME. for one of {', '.join(registry)})")
+        raise InputError(
+            f"{flag}: unknown setting(s) {', '.join(unknown)}; known: {known} "
+            f"(prefix NAME. for one of {', '.join(registry)})"
+        )
 
 
 def _check_type(key: str, value: Any, hint: Any, flag: str) -> None:

@@ -30,8 +30,12 @@ class Outcome(str, Enum):
 
 
 EXIT_PASS, EXIT_FAIL, EXIT_INPUT, EXIT_ERROR, EXIT_INCONCLUSIVE = 0, 1, 2, 3, 4
-EXIT_CODES = {Outcome.PASS: EXIT_PASS, Outcome.FAIL: EXIT_FAIL, Outcome.ERROR: EXIT_ERROR,
-              Outcome.INCONCLUSIVE: EXIT_INCONCLUSIVE}
+EXIT_CODES = {
+    Outcome.PASS: EXIT_PASS,
+    Outcome.FAIL: EXIT_FAIL,
+    Outcome.ERROR: EXIT_ERROR,
+    Outcome.INCONCLUSIVE: EXIT_INCONCLUSIVE,
+}
 
 
 def gated(severity: str | None, fail_on: str) -> bool:

@@ -4,6 +4,7 @@ These are the architectures of the papers aeaudit reproduces, and the models beh
 built-in ``--arch mlp:...`` spec. Every model exposes ``encoder`` / ``decoder`` submodules
 so the adapter finds the latent split without being told.
 """
+
 from __future__ import annotations
 
 import torch
@@ -76,18 +77,25 @@ class ConvAutoencoder(nn.Module):
         c1, c2 = channels
         self.latent_dim = latent_dim
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, c1, 3, stride=2, padding=1), nn.ReLU(),  # 28 -> 14
-            nn.Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),  # 14 -> 7
+            nn.Conv2d(1, c1, 3, stride=2, padding=1),
+            nn.ReLU(),  # 28 -> 14
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1),
+            nn.ReLU(),  # 14 -> 7
             nn.Flatten(),
-            nn.Linear(c2 * 7 * 7, 64), nn.ReLU(),
+            nn.Linear(c2 * 7 * 7, 64),
+            nn.ReLU(),
             nn.Linear(64, latent_dim),
         )
         self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, 64), nn.ReLU(),
-            nn.Linear(64, c2 * 7 * 7), nn.ReLU(),
+            nn.Linear(latent_dim, 64),
+            nn.ReLU(),
+            nn.Linear(64, c2 * 7 * 7),
+            nn.ReLU(),
             nn.Unflatten(1, (c2, 7, 7)),
-            nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),  # 7 -> 14
-            nn.ConvTranspose2d(c1, 1, 3, stride=2, padding=1, output_padding=1), nn.Sigmoid(),  # 14 -> 28
+            nn.ConvTranspose2d(c2, c1, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(),  # 7 -> 14
+            nn.ConvTranspose2d(c1, 1, 3, stride=2, padding=1, output_padding=1),
+            nn.Sigmoid(),  # 14 -> 28
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,16 +111,24 @@ class GradConCAE(nn.Module):
     def __init__(self, in_channels: int = 1):
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 4, stride=2, padding=2), nn.ReLU(),
-            nn.Conv2d(32, 32, 4, stride=2, padding=2), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2, padding=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 4, stride=2, padding=2), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, 4, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 4, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 4, stride=2, padding=2),
+            nn.ReLU(),
         )
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(64, 64, 4, stride=2, padding=2), nn.ReLU(),  # 3 -> 4
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=2, output_padding=1), nn.ReLU(),  # 4 -> 7
-            nn.ConvTranspose2d(32, 32, 4, stride=2, padding=1), nn.ReLU(),  # 7 -> 14
-            nn.ConvTranspose2d(32, in_channels, 4, stride=2, padding=1), nn.Sigmoid(),  # 14 -> 28
+            nn.ConvTranspose2d(64, 64, 4, stride=2, padding=2),
+            nn.ReLU(),  # 3 -> 4
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=2, output_padding=1),
+            nn.ReLU(),  # 4 -> 7
+            nn.ConvTranspose2d(32, 32, 4, stride=2, padding=1),
+            nn.ReLU(),  # 7 -> 14
+            nn.ConvTranspose2d(32, in_channels, 4, stride=2, padding=1),
+            nn.Sigmoid(),  # 14 -> 28
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ read from ``--data-dir`` (default ``../shared/data`` next to the repository); a 
 real data is absent says so and skips that part. ``--smoke`` runs a tiny version (seconds) on
 data that ships with the dependencies, for the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,8 +128,16 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- training
-def train_plain(module: torch.nn.Module, x: np.ndarray, *, steps: int, lr: float = 1e-3, batch_size: int = 64,
-                seed: int = 0, full_batch: bool = False) -> float:
+def train_plain(
+    module: torch.nn.Module,
+    x: np.ndarray,
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    full_batch: bool = False,
+) -> float:
     """Plain MSE training on random batches (the models the papers audit); returns the last loss."""
     torch.manual_seed(seed)
     data = torch.as_tensor(x, dtype=torch.float32)
@@ -146,7 +156,9 @@ def train_plain(module: torch.nn.Module, x: np.ndarray, *, steps: int, lr: float
 
 
 @torch.no_grad()
-def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
+def batched(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray | torch.Tensor, batch_size: int = 512
+) -> np.ndarray:
     x = torch.as_tensor(x, dtype=torch.float32)
     return torch.cat([fn(x[i : i + batch_size]).detach() for i in range(0, len(x), batch_size)]).double().numpy()
 
@@ -159,9 +171,15 @@ def progress(message: str) -> None:
 
 def finish(name: str, args: argparse.Namespace, results: dict[str, Any], started: float) -> dict[str, Any]:
     """Print the results as JSON on stdout (and to ``--json``)."""
-    out = {"script": name, "smoke": bool(args.smoke), "data_dir": str(args.data_dir),
-           "seconds": round(time.perf_counter() - started, 1), "torch": torch.__version__,
-           "platform": platform.platform(), **results}
+    out = {
+        "script": name,
+        "smoke": bool(args.smoke),
+        "data_dir": str(args.data_dir),
+        "seconds": round(time.perf_counter() - started, 1),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        **results,
+    }
     text = json.dumps(out, indent=1, default=_jsonable)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

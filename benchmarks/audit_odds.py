@@ -13,16 +13,17 @@ calls normal?
 
 Without ``--data-dir``'s ``odds/<table>.mat`` it skips (``--smoke`` runs a generated stand-in).
 """
+
 from __future__ import annotations
 
 import tempfile
 import time
 from pathlib import Path
 
+import _common as C
 import numpy as np
 import torch
 
-import _common as C
 from aeaudit import scan
 from aeaudit.scorers import SCORERS
 from aeaudit.zoo import MLPAutoencoder
@@ -49,26 +50,53 @@ def run_seed(x: np.ndarray, y: np.ndarray, seed: int, args, folder: Path) -> dic
     model = MLPAutoencoder(sizes, activation="relu")
     mse = C.train_plain(model, xs[y == 0], steps=args.steps, lr=2e-3, batch_size=256, seed=seed)
     t = time.perf_counter()
-    r = scan(model, xs[y == 0], anomalies=str(anomalies), scorers=tuple(SCORERS), effort=args.effort, seed=seed,
-             probe_settings=args.probe_settings, time_limit=None,
-             quiet=True, device=args.device)
-    row = {"seed": seed, "arch": "mlp:" + ",".join(map(str, sizes)), "train_mse": mse,
-           "scan_seconds": time.perf_counter() - t, "status": r.status, "exit_code": r.exit_code(),
-           "n_normal": int((y == 0).sum()), "n_anomalies": int((y == 1).sum()),
-           "critical": r.counts["critical"], "high": r.counts["reported"] - r.counts["critical"],
-           "best_distance_ratio": max((f.distance_ratio for f in r.findings), default=None),
-           "best_critical_distance_ratio": max((f.distance_ratio for f in r.findings if f.severity == "critical"), default=None),
-           "certificates": sum(f.kind == "certificate" for f in r.findings),
-           "unbounded_certificates": sum(f.kind == "certificate" and bool(f.details.get("unbounded")) for f in r.findings),
-           "scorers": {s["scorer"]: {"anomalies_auroc": s["anomalies_auroc"], "adaptive_findings": s["adaptive_findings"],
-                                     "adaptive_best_distance_ratio": s["adaptive_best_distance_ratio"],
-                                     "verdict": s["verdict"]} for s in r.scorers["table"]}}
+    r = scan(
+        model,
+        xs[y == 0],
+        anomalies=str(anomalies),
+        scorers=tuple(SCORERS),
+        effort=args.effort,
+        seed=seed,
+        probe_settings=args.probe_settings,
+        time_limit=None,
+        quiet=True,
+        device=args.device,
+    )
+    row = {
+        "seed": seed,
+        "arch": "mlp:" + ",".join(map(str, sizes)),
+        "train_mse": mse,
+        "scan_seconds": time.perf_counter() - t,
+        "status": r.status,
+        "exit_code": r.exit_code(),
+        "n_normal": int((y == 0).sum()),
+        "n_anomalies": int((y == 1).sum()),
+        "critical": r.counts["critical"],
+        "high": r.counts["reported"] - r.counts["critical"],
+        "best_distance_ratio": max((f.distance_ratio for f in r.findings), default=None),
+        "best_critical_distance_ratio": max(
+            (f.distance_ratio for f in r.findings if f.severity == "critical"), default=None
+        ),
+        "certificates": sum(f.kind == "certificate" for f in r.findings),
+        "unbounded_certificates": sum(f.kind == "certificate" and bool(f.details.get("unbounded")) for f in r.findings),
+        "scorers": {
+            s["scorer"]: {
+                "anomalies_auroc": s["anomalies_auroc"],
+                "adaptive_findings": s["adaptive_findings"],
+                "adaptive_best_distance_ratio": s["adaptive_best_distance_ratio"],
+                "verdict": s["verdict"],
+            }
+            for s in r.scorers["table"]
+        },
+    }
     return row
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = C.parser(__doc__.splitlines()[0])
-    p.add_argument("--table", default="shuttle", help="ODDS table under <data-dir>/odds/ (shuttle, cardio, satellite, ...)")
+    p.add_argument(
+        "--table", default="shuttle", help="ODDS table under <data-dir>/odds/ (shuttle, cardio, satellite, ...)"
+    )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--effort", default="standard", help="scan effort per seed (quick | standard | thorough)")
     p.add_argument("--steps", type=int, default=3000, help="Adam steps (batch 256) of plain MSE training")
@@ -97,13 +125,30 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in range(seeds):
             rows.append(run_seed(x, y, seed, args, Path(folder)))
             r = rows[-1]
-            aurocs = ", ".join(f"{k} {v['anomalies_auroc']:.4f}" for k, v in r["scorers"].items() if v["anomalies_auroc"] is not None)
-            C.progress(f"seed {seed}: AUROC on the real anomalies: {aurocs}; audit: {r['critical']} critical, "
-                       f"{r['high']} high, best d/s {r['best_distance_ratio']}, {r['scan_seconds']:.0f} s ({r['status']})")
-    return C.finish("audit_odds", args, {
-        "status": "complete", "data": source,
-        "budget": {"seeds": seeds, "steps": args.steps, "scan_effort": args.effort, "probe_settings": args.probe_settings, "threads": args.threads},
-        "runs": rows}, started)
+            aurocs = ", ".join(
+                f"{k} {v['anomalies_auroc']:.4f}" for k, v in r["scorers"].items() if v["anomalies_auroc"] is not None
+            )
+            C.progress(
+                f"seed {seed}: AUROC on the real anomalies: {aurocs}; audit: {r['critical']} critical, "
+                f"{r['high']} high, best d/s {r['best_distance_ratio']}, {r['scan_seconds']:.0f} s ({r['status']})"
+            )
+    return C.finish(
+        "audit_odds",
+        args,
+        {
+            "status": "complete",
+            "data": source,
+            "budget": {
+                "seeds": seeds,
+                "steps": args.steps,
+                "scan_effort": args.effort,
+                "probe_settings": args.probe_settings,
+                "threads": args.threads,
+            },
+            "runs": rows,
+        },
+        started,
+    )
 
 
 if __name__ == "__main__":

@@ -9,14 +9,15 @@ for plain steps (α = 0.5) and Adam (α = 0.01) at several step counts; plus inp
 
 Run: ``python benchmarks/bench_energy_score.py [--smoke] [--epochs 40]``.
 """
+
 from __future__ import annotations
 
 import time
 
+import _common as C
 import numpy as np
 import torch
 
-import _common as C
 from aeaudit.model import load_model
 from aeaudit.scorers.energy import EnergyScorer
 from aeaudit.zoo import ConvAutoencoder
@@ -46,22 +47,47 @@ def main() -> None:
     adapter = load_model(model, train[:2], device=args.device, input_shape=(1, 28, 28))
     as_t = lambda a: torch.as_tensor(a).to(adapter.device)  # noqa: E731
     recon = C.batched(adapter.loss, test), C.batched(adapter.loss, others), C.batched(adapter.loss, noise)
-    rows = [{"score": "reconstruction loss", "auroc_other_digits": C.auroc(recon[0], recon[1]),
-             "auroc_noise": C.auroc(recon[0], recon[2])}]
+    rows = [
+        {
+            "score": "reconstruction loss",
+            "auroc_other_digits": C.auroc(recon[0], recon[1]),
+            "auroc_noise": C.auroc(recon[0], recon[2]),
+        }
+    ]
     settings = [("sgd", 0.5, s) for s in (5, 10, 20, 50)] + [("adam", 0.01, s) for s in (10, 20, 50)]
-    for optimizer, alpha, steps in (settings[:2] if args.smoke else settings):
-        scorer = EnergyScorer(alpha=alpha, steps=steps, optimizer=optimizer).fit(adapter, as_t(train), as_t(test[:64]),
-                                                                                0.05)
+    for optimizer, alpha, steps in settings[:2] if args.smoke else settings:
+        scorer = EnergyScorer(alpha=alpha, steps=steps, optimizer=optimizer).fit(
+            adapter, as_t(train), as_t(test[:64]), 0.05
+        )
         t = time.perf_counter()
         proj = [scorer.project(as_t(a)) for a in (test, others, noise)]
         rate = sum(len(a) for a in (test, others, noise)) / (time.perf_counter() - t)
         for output in ("distance", "energy"):
             s = [getattr(pr, output).double().cpu().numpy() for pr in proj]
-            rows.append({"score": f"energy projection: {output}", "optimizer": optimizer, "alpha": alpha, "steps": steps,
-                         "auroc_other_digits": C.auroc(s[0], s[1]), "auroc_noise": C.auroc(s[0], s[2]),
-                         "inputs_per_s": rate, "mean_steps_taken_normal": float(proj[0].steps.double().mean())})
-    C.finish("bench_energy_score", args, {"normal_digits": list(NORMAL_DIGITS), "n_test_normal": len(test),
-                                          "n_other": len(others), "n_noise": len(noise), "rows": rows}, started)
+            rows.append(
+                {
+                    "score": f"energy projection: {output}",
+                    "optimizer": optimizer,
+                    "alpha": alpha,
+                    "steps": steps,
+                    "auroc_other_digits": C.auroc(s[0], s[1]),
+                    "auroc_noise": C.auroc(s[0], s[2]),
+                    "inputs_per_s": rate,
+                    "mean_steps_taken_normal": float(proj[0].steps.double().mean()),
+                }
+            )
+    C.finish(
+        "bench_energy_score",
+        args,
+        {
+            "normal_digits": list(NORMAL_DIGITS),
+            "n_test_normal": len(test),
+            "n_other": len(others),
+            "n_noise": len(noise),
+            "rows": rows,
+        },
+        started,
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 Weights are seeded random ones and inputs seeded uniform noise: timing does not depend on
 either. Run: ``python benchmarks/bench_scorers.py [--n 1000] [--threads 2]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,13 @@ import torch
 
 from aeaudit.model import load_model
 from aeaudit.scorers.energy import EnergyScorer
-from aeaudit.scorers.gradcon import (GradConScorer, decoder_weight_layers, gradcon_score, per_sample_grads_hooks,
-                                     per_sample_grads_loop)
+from aeaudit.scorers.gradcon import (
+    GradConScorer,
+    decoder_weight_layers,
+    gradcon_score,
+    per_sample_grads_hooks,
+    per_sample_grads_loop,
+)
 from aeaudit.zoo import ConvAutoencoder, GradConCAE
 
 
@@ -90,8 +96,14 @@ def bench_energy(n: int, reps: int) -> dict:
     scorer = EnergyScorer().fit(adapter, x[:32], x[32:64], 0.05)
     scorer.tau_min_ = 0.0  # no early stop: every input takes every step (the worst case)
     t, proj = best_of(lambda: scorer.project(x), reps)
-    return {"inputs": n, "steps": scorer.steps, "optimizer": scorer.optimizer, "seconds": t, "inputs_per_s": n / t,
-            "mean_steps_taken": float(proj.steps.double().mean())}
+    return {
+        "inputs": n,
+        "steps": scorer.steps,
+        "optimizer": scorer.optimizer,
+        "seconds": t,
+        "inputs_per_s": n / t,
+        "mean_steps_taken": float(proj.steps.double().mean()),
+    }
 
 
 def main() -> None:
@@ -104,17 +116,25 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    res = {"torch": torch.__version__, "threads": args.threads, "load_average_1min": load,
-           "gradcon": bench_gradcon(args.n, args.reps, min(args.loop_n or args.n, args.n)),
-           "energy": bench_energy(args.n, args.reps)}
+    res = {
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "load_average_1min": load,
+        "gradcon": bench_gradcon(args.n, args.reps, min(args.loop_n or args.n, args.n)),
+        "energy": bench_energy(args.n, args.reps),
+    }
     g, e = res["gradcon"], res["energy"]
     print(f"GradCon CAE, {g['inputs']} inputs, {args.threads} thread(s), load average {load}:")
-    print(f"  per-sample backward loop {g['loop_s']:.2f} s | batched hooks {g['batched_hooks_s']:.2f} s "
-          f"({g['speedup_hooks']:.1f}x) | batched torch.func {g['batched_func_s']:.2f} s ({g['speedup_func']:.1f}x) | "
-          f"floor (one batched forward+backward) {g['floor_batched_forward_backward_s']:.2f} s")
-    print(f"  same numbers (float32): max |ΔS| / max |S| hooks {g['max_diff_over_max_score_hooks']:.1e}, "
-          f"func {g['max_diff_over_max_score_func']:.1e}; per-sample gradients in float64 differ by "
-          f"≤ {g['float64_max_rel_grad_diff']:.1e} relative")
+    print(
+        f"  per-sample backward loop {g['loop_s']:.2f} s | batched hooks {g['batched_hooks_s']:.2f} s "
+        f"({g['speedup_hooks']:.1f}x) | batched torch.func {g['batched_func_s']:.2f} s ({g['speedup_func']:.1f}x) | "
+        f"floor (one batched forward+backward) {g['floor_batched_forward_backward_s']:.2f} s"
+    )
+    print(
+        f"  same numbers (float32): max |ΔS| / max |S| hooks {g['max_diff_over_max_score_hooks']:.1e}, "
+        f"func {g['max_diff_over_max_score_func']:.1e}; per-sample gradients in float64 differ by "
+        f"≤ {g['float64_max_rel_grad_diff']:.1e} relative"
+    )
     print(f"Energy projection (conv AE, {e['steps']} {e['optimizer']} steps): {e['inputs_per_s']:.0f} inputs/s")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

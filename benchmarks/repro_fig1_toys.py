@@ -12,14 +12,15 @@ MSE, audit it with ``aeaudit.scan`` (default probes, a fixed effort), and, becau
 exhaustive answer the audit's searches can be checked against. Critical = loss ≤ the lowest
 normal loss (τ_min) at distance ≥ δ from every normal sample; high = loss ≤ τ_op (1 % FPR).
 """
+
 from __future__ import annotations
 
 import time
 
+import _common as C
 import numpy as np
 import torch
 
-import _common as C
 from aeaudit import scan
 from aeaudit.zoo import MLPAutoencoder
 
@@ -47,8 +48,9 @@ def make_data(kind: str, seed: int = 0) -> np.ndarray:
 
 
 @torch.no_grad()
-def grid_check(model: torch.nn.Module, x: np.ndarray, reference: np.ndarray, tau_min: float, tau_op: float,
-               delta: float, n: int) -> dict[str, float]:
+def grid_check(
+    model: torch.nn.Module, x: np.ndarray, reference: np.ndarray, tau_min: float, tau_op: float, delta: float, n: int
+) -> dict[str, float]:
     """Losses on an n×n grid over the data's box widened 5× about its centre; distances to the
     audit's reference split, as the audit measures them."""
     lo, hi = x.min(0), x.max(0)
@@ -59,9 +61,13 @@ def grid_check(model: torch.nn.Module, x: np.ndarray, reference: np.ndarray, tau
     dist = torch.cdist(g.double(), torch.as_tensor(reference, dtype=torch.float64)).min(1).values
     far = dist >= delta
     crit, high = far & (loss <= tau_min), far & (loss <= tau_op)
-    return {"grid_points": int(g.shape[0]), "critical_points": int(crit.sum()), "high_points": int(high.sum()),
-            "best_far_loss_ratio_min": float((loss[far].min() / tau_min)) if far.any() and tau_min > 0 else None,
-            "max_critical_distance": float(dist[crit].max()) if crit.any() else 0.0}
+    return {
+        "grid_points": int(g.shape[0]),
+        "critical_points": int(crit.sum()),
+        "high_points": int(high.sum()),
+        "best_far_loss_ratio_min": float(loss[far].min() / tau_min) if far.any() and tau_min > 0 else None,
+        "max_critical_distance": float(dist[crit].max()) if crit.any() else 0.0,
+    }
 
 
 def run_one(name: str, seed: int, steps: int, effort: str, grid: int, settings: dict) -> dict:
@@ -70,15 +76,30 @@ def run_one(name: str, seed: int, steps: int, effort: str, grid: int, settings: 
     torch.manual_seed(seed)
     model = MLPAutoencoder(sizes, activation=act)
     final = C.train_plain(model, x, steps=steps, lr=1e-2, seed=seed, full_batch=True)
-    result = scan(model, x, seed=seed, effort=effort, probe_settings=settings, scorers=(), quiet=True, bounds="none",
-                  time_limit=None)
+    result = scan(
+        model,
+        x,
+        seed=seed,
+        effort=effort,
+        probe_settings=settings,
+        scorers=(),
+        quiet=True,
+        bounds="none",
+        time_limit=None,
+    )
     t = result.thresholds
     g = grid_check(model, x, x, t["tau_min"], t["tau_op"], t["min_distance"], grid)  # far from ALL normal data
     worst = result.findings[0] if result.findings else None
     return {
-        "config": name, "panel": panel, "seed": seed, "train_mse": final,
-        "tau_min": t["tau_min"], "tau_op": t["tau_op"], "min_distance": t["min_distance"],
-        "audit_critical": result.counts.get("critical", 0), "audit_high": result.counts.get("high", 0),
+        "config": name,
+        "panel": panel,
+        "seed": seed,
+        "train_mse": final,
+        "tau_min": t["tau_min"],
+        "tau_op": t["tau_op"],
+        "min_distance": t["min_distance"],
+        "audit_critical": result.counts.get("critical", 0),
+        "audit_high": result.counts.get("high", 0),
         "audit_probes": [p["probe"] for p in result.to_dict(False)["probes"] if p["status"] != "skipped"],
         "audit_best_distance_ratio": worst.distance_ratio if worst else None,
         "audit_best_loss_ratio_min": worst.loss_ratio_min if worst else None,
@@ -91,12 +112,15 @@ def summarise(rows: list[dict]) -> dict:
     for name in dict.fromkeys(r["config"] for r in rows):
         rs = [r for r in rows if r["config"] == name]
         out[name] = {
-            "panel": rs[0]["panel"], "seeds": len(rs),
+            "panel": rs[0]["panel"],
+            "seeds": len(rs),
             "seeds_audit_critical": sum(r["audit_critical"] > 0 for r in rs),
             "seeds_audit_high_or_critical": sum((r["audit_critical"] + r["audit_high"]) > 0 for r in rs),
             "seeds_grid_critical": sum(r["grid"]["critical_points"] > 0 for r in rs),
             "seeds_grid_high_or_critical": sum(r["grid"]["high_points"] > 0 for r in rs),
-            "seeds_grid_critical_missed_by_audit": sum(r["grid"]["critical_points"] > 0 and r["audit_critical"] == 0 for r in rs),
+            "seeds_grid_critical_missed_by_audit": sum(
+                r["grid"]["critical_points"] > 0 and r["audit_critical"] == 0 for r in rs
+            ),
         }
     return out
 
@@ -119,10 +143,23 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown:
         p.error(f"unknown config(s) {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
     rows = [run_one(c, s, steps, effort, grid, settings) for c in configs for s in range(seeds)]
-    return C.finish("repro_fig1_toys", args, {
-        "paper": "seeds/004 Figure 1",
-        "budget": {"seeds": seeds, "train_steps": steps, "audit_effort": effort, "probe_settings": settings, "grid": grid},
-        "summary": summarise(rows), "runs": rows}, started)
+    return C.finish(
+        "repro_fig1_toys",
+        args,
+        {
+            "paper": "seeds/004 Figure 1",
+            "budget": {
+                "seeds": seeds,
+                "train_steps": steps,
+                "audit_effort": effort,
+                "probe_settings": settings,
+                "grid": grid,
+            },
+            "summary": summarise(rows),
+            "runs": rows,
+        },
+        started,
+    )
 
 
 if __name__ == "__main__":

@@ -12,21 +12,25 @@ compute each decoded image's own reconstruction loss, keep those far from all no
 and audit the model with ``aeaudit.scan``. Critical = loss ≤ τ_min (the lowest normal loss)
 and distance ≥ δ (2 × the 99th-percentile held-out nearest-neighbour distance).
 """
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import _common as C
 import numpy as np
 import torch
 
-import _common as C
 from aeaudit import ScanConfig, scan
 from aeaudit.audit import prepare
 from aeaudit.zoo import ConvAutoencoder
 
 DIGIT_SETS = {"457": (4, 5, 7), "01": (0, 1)}
-PAPER = {"457": {"adversarial_loss": 0.014, "min_normal_loss": 8.47}, "01": {"adversarial_loss": 0.022, "min_normal_loss": 1.61}}
+PAPER = {
+    "457": {"adversarial_loss": 0.014, "min_normal_loss": 8.47},
+    "01": {"adversarial_loss": 0.022, "min_normal_loss": 1.61},
+}
 
 
 @torch.no_grad()
@@ -46,15 +50,24 @@ def latent_grid(state, n: int, extent: float = 3.0) -> dict:
     crit, high = far & below, far & (loss <= b.tau_op)
     best = int(torch.argmin(torch.where(far, loss, torch.inf))) if far.any() else None
     return {
-        "grid": n, "box": [[float(c - h), float(c + h)] for c, h in zip(centre, half)],
-        "critical_points": int(crit.sum()), "high_points": int(high.sum()), "far_points": int(far.sum()),
+        "grid": n,
+        "box": [[float(c - h), float(c + h)] for c, h in zip(centre, half)],
+        "critical_points": int(crit.sum()),
+        "high_points": int(high.sum()),
+        "far_points": int(far.sum()),
         # the paper's loss criterion alone, at any distance
-        "below_min_points": int(below.sum()), "lowest_loss_ratio_min": float(loss.min() / b.tau_min),
+        "below_min_points": int(below.sum()),
+        "lowest_loss_ratio_min": float(loss.min() / b.tau_min),
         "max_distance_ratio_below_min": float(dist[below].max() / b.scale) if below.any() else None,
         "max_distance_ratio": float(dist.max() / b.scale),
-        "best_far": None if best is None else {
-            "latent": [float(v) for v in zz[best]], "loss": float(loss[best]),
-            "loss_ratio_min": float(loss[best] / b.tau_min), "distance_ratio": float(dist[best] / b.scale)},
+        "best_far": None
+        if best is None
+        else {
+            "latent": [float(v) for v in zz[best]],
+            "loss": float(loss[best]),
+            "loss_ratio_min": float(loss[best] / b.tau_min),
+            "distance_ratio": float(dist[best] / b.scale),
+        },
         "_map": (axes, loss.reshape(n, n).numpy(), crit.reshape(n, n).numpy(), z.cpu().numpy()),
     }
 
@@ -84,26 +97,44 @@ def plot(path: Path, title: str, grid: dict, tau_min: float) -> None:
     plt.close(fig)
 
 
-def run_one(digits: str, x: np.ndarray, seed: int, steps: int, effort: str, settings: dict, grid_n: int,
-            out_dir: Path | None) -> dict:
+def run_one(
+    digits: str, x: np.ndarray, seed: int, steps: int, effort: str, settings: dict, grid_n: int, out_dir: Path | None
+) -> dict:
     torch.manual_seed(seed)
     model = ConvAutoencoder(latent_dim=2)
     final = C.train_plain(model, x, steps=steps, lr=1e-3, batch_size=64, seed=seed)
     state = prepare(model, x, ScanConfig(seed=seed, quiet=True))
     grid = latent_grid(state, grid_n)
     if out_dir is not None:
-        plot(out_dir / f"fig2_{digits}_seed{seed}.png", f"MNIST {{{','.join(digits)}}} seed {seed}", grid,
-             state.baseline.tau_min)
-    result = scan(state.adapter, x, seed=seed, effort=effort, probe_settings=settings, scorers=(), quiet=True,
-                  time_limit=None)
+        plot(
+            out_dir / f"fig2_{digits}_seed{seed}.png",
+            f"MNIST {{{','.join(digits)}}} seed {seed}",
+            grid,
+            state.baseline.tau_min,
+        )
+    result = scan(
+        state.adapter, x, seed=seed, effort=effort, probe_settings=settings, scorers=(), quiet=True, time_limit=None
+    )
     best = result.findings[0] if result.findings else None
     return {
-        "digits": digits, "seed": seed, "train_mse": final, "tau_min": result.thresholds["tau_min"],
-        "tau_op": result.thresholds["tau_op"], "grid": {k: v for k, v in grid.items() if k != "_map"},
-        "audit_critical": result.counts.get("critical", 0), "audit_high": result.counts.get("high", 0),
+        "digits": digits,
+        "seed": seed,
+        "train_mse": final,
+        "tau_min": result.thresholds["tau_min"],
+        "tau_op": result.thresholds["tau_op"],
+        "grid": {k: v for k, v in grid.items() if k != "_map"},
+        "audit_critical": result.counts.get("critical", 0),
+        "audit_high": result.counts.get("high", 0),
         "audit_probes": [p["probe"] for p in result.to_dict(False)["probes"] if p["status"] != "skipped"],
-        "audit_best": None if best is None else {"probe": best.probe, "severity": best.severity, "loss": best.loss,
-                                                 "loss_ratio_min": best.loss_ratio_min, "distance_ratio": best.distance_ratio},
+        "audit_best": None
+        if best is None
+        else {
+            "probe": best.probe,
+            "severity": best.severity,
+            "loss": best.loss,
+            "loss_ratio_min": best.loss_ratio_min,
+            "distance_ratio": best.distance_ratio,
+        },
     }
 
 
@@ -138,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
         rs = [r for r in rows if r["digits"] == name]
         bests = [r["grid"]["best_far"]["loss_ratio_min"] for r in rs if r["grid"]["best_far"]]
         summary[name] = {
-            "seeds": len(rs), "seeds_grid_critical": sum(r["grid"]["critical_points"] > 0 for r in rs),
+            "seeds": len(rs),
+            "seeds_grid_critical": sum(r["grid"]["critical_points"] > 0 for r in rs),
             "seeds_audit_critical": sum(r["audit_critical"] > 0 for r in rs),
             "seeds_audit_high_or_critical": sum(r["audit_critical"] + r["audit_high"] > 0 for r in rs),
             "best_grid_loss_ratio_min": min(bests) if bests else None,
@@ -147,11 +179,25 @@ def main(argv: list[str] | None = None) -> dict:
             "max_distance_ratio_of_any_decoded_image": max(r["grid"]["max_distance_ratio"] for r in rs),
             "paper_loss_ratio_min": PAPER[name]["adversarial_loss"] / PAPER[name]["min_normal_loss"],
         }
-    return C.finish("repro_fig2_mnist_latent", args, {
-        "paper": "seeds/004 Figure 2", "data": source,
-        "budget": {"seeds": seeds, "train_steps": steps, "audit_effort": effort, "probe_settings": settings,
-                   "grid": grid_n, "subset_limit": limit},
-        "summary": summary, "runs": rows}, started)
+    return C.finish(
+        "repro_fig2_mnist_latent",
+        args,
+        {
+            "paper": "seeds/004 Figure 2",
+            "data": source,
+            "budget": {
+                "seeds": seeds,
+                "train_steps": steps,
+                "audit_effort": effort,
+                "probe_settings": settings,
+                "grid": grid_n,
+                "subset_limit": limit,
+            },
+            "summary": summary,
+            "runs": rows,
+        },
+        started,
+    )
 
 
 if __name__ == "__main__":

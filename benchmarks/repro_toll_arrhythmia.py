@@ -13,15 +13,16 @@ set; features are standardised with the training set's mean and std. The paper's
 plain reconstruction baseline), selected on held-out training normals. The score is Toll's
 ``||x̂ − x||₂ + β||z||₂``; F1 with the top 15 % of the test set flagged.
 """
+
 from __future__ import annotations
 
 import time
 
+import _common as C
 import numpy as np
 import torch
 from torch import nn
 
-import _common as C
 from aeaudit.harden import harden
 from aeaudit.scorers.toll import toll_terms
 
@@ -34,13 +35,21 @@ class ArrhythmiaAE(nn.Module):
     def __init__(self, n_features: int = 274, latent: int = 16):
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Linear(n_features, 256), nn.BatchNorm1d(256), nn.ReLU(),
-            nn.Linear(256, 128), nn.BatchNorm1d(128), nn.ReLU(),
+            nn.Linear(n_features, 256),
+            nn.BatchNorm1d(256),
+            nn.ReLU(),
+            nn.Linear(256, 128),
+            nn.BatchNorm1d(128),
+            nn.ReLU(),
             nn.Linear(128, latent),
         )
         self.decoder = nn.Sequential(
-            nn.Linear(latent, 128), nn.BatchNorm1d(128), nn.ReLU(),
-            nn.Linear(128, 256), nn.BatchNorm1d(256), nn.ReLU(),
+            nn.Linear(latent, 128),
+            nn.BatchNorm1d(128),
+            nn.ReLU(),
+            nn.Linear(128, 256),
+            nn.BatchNorm1d(256),
+            nn.ReLU(),
             nn.Linear(256, n_features),
         )
 
@@ -54,7 +63,11 @@ def stand_in(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     basis = rng.normal(size=(8, 274))
     normal = rng.normal(size=(386, 8)) @ basis + 0.3 * rng.normal(size=(386, 274))
-    anomalous = rng.normal(size=(66, 8)) @ basis + 0.3 * rng.normal(size=(66, 274)) + rng.normal(0, 2.0, size=(66, 274)) * (rng.random((66, 274)) < 0.05)
+    anomalous = (
+        rng.normal(size=(66, 8)) @ basis
+        + 0.3 * rng.normal(size=(66, 274))
+        + rng.normal(0, 2.0, size=(66, 274)) * (rng.random((66, 274)) < 0.05)
+    )
     return np.r_[normal, anomalous], np.r_[np.zeros(386, dtype=np.int64), np.ones(66, dtype=np.int64)]
 
 
@@ -78,16 +91,33 @@ def run_seed(x: np.ndarray, y: np.ndarray, seed: int, beta: float, steps: int, d
     std[std < 1e-8] = 1.0  # constant features stay at 0
     xs = ((x - mean) / std).astype(np.float32)
     torch.manual_seed(seed)
-    res = harden(ArrhythmiaAE(x.shape[1]), xs[train_idx], method="toll", beta=beta, from_scratch=True, steps=steps, lr=1e-3,
-                 batch_size=100, seed=seed, device=device)
+    res = harden(
+        ArrhythmiaAE(x.shape[1]),
+        xs[train_idx],
+        method="toll",
+        beta=beta,
+        from_scratch=True,
+        steps=steps,
+        lr=1e-3,
+        batch_size=100,
+        seed=seed,
+        device=device,
+    )
     adapter = res.adapter
     with torch.no_grad():
         rec, lat = toll_terms(adapter, adapter.to_model_space(torch.as_tensor(xs[test_idx]).to(adapter.device)))
     score = (rec + beta * lat).double().cpu().numpy()
     f1 = C.f1_top(score, y[test_idx], 0.15)
-    return {"seed": seed, "beta": beta, "f1": 100 * f1, "best_step": res.best_step, "n_train": int(len(train_idx)),
-            "n_test": int(len(test_idx)), "auroc": C.auroc(score[y[test_idx] == 0], score[y[test_idx] == 1]),
-            "latent_share": float((beta * lat).sum() / (rec + beta * lat).sum())}  # of the test scores
+    return {
+        "seed": seed,
+        "beta": beta,
+        "f1": 100 * f1,
+        "best_step": res.best_step,
+        "n_train": int(len(train_idx)),
+        "n_test": int(len(test_idx)),
+        "auroc": C.auroc(score[y[test_idx] == 0], score[y[test_idx] == 1]),
+        "latent_share": float((beta * lat).sum() / (rec + beta * lat).sum()),
+    }  # of the test scores
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -103,7 +133,9 @@ def main(argv: list[str] | None = None) -> dict:
     if real is None:
         if not args.smoke:
             C.progress(f"SKIP: {args.data_dir / 'odds' / 'arrhythmia.mat'} not found; pass --data-dir")
-            return C.finish("repro_toll_arrhythmia", args, {"status": "skipped", "reason": "arrhythmia.mat not found"}, started)
+            return C.finish(
+                "repro_toll_arrhythmia", args, {"status": "skipped", "reason": "arrhythmia.mat not found"}, started
+            )
         x, y = stand_in()
         source = "generated stand-in (arrhythmia.mat not found)"
     else:
@@ -116,13 +148,27 @@ def main(argv: list[str] | None = None) -> dict:
         for beta in (0.0, args.beta):
             rows.append(run_seed(x, y, seed, beta, steps, args.device))
             C.progress(f"seed {seed} β {beta:g}: F1 {rows[-1]['f1']:.1f} AUROC {rows[-1]['auroc']:.3f}")
-    summary = {f"beta={b:g}": {"f1": C.mean_std([r["f1"] for r in rows if r["beta"] == b]),
-                               "auroc": C.mean_std([r["auroc"] for r in rows if r["beta"] == b])}
-               for b in (0.0, args.beta)}
-    return C.finish("repro_toll_arrhythmia", args, {
-        "status": "complete", "paper": "seeds/003 Table 4", "data": source,
-        "budget": {"seeds": seeds, "steps": steps, "batch_size": 100, "beta": args.beta},
-        "summary": summary, "paper_f1": PAPER_F1, "runs": rows}, started)
+    summary = {
+        f"beta={b:g}": {
+            "f1": C.mean_std([r["f1"] for r in rows if r["beta"] == b]),
+            "auroc": C.mean_std([r["auroc"] for r in rows if r["beta"] == b]),
+        }
+        for b in (0.0, args.beta)
+    }
+    return C.finish(
+        "repro_toll_arrhythmia",
+        args,
+        {
+            "status": "complete",
+            "paper": "seeds/003 Table 4",
+            "data": source,
+            "budget": {"seeds": seeds, "steps": steps, "batch_size": 100, "beta": args.beta},
+            "summary": summary,
+            "paper_f1": PAPER_F1,
+            "runs": rows,
+        },
+        started,
+    )
 
 
 if __name__ == "__main__":

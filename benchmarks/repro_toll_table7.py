@@ -13,22 +13,31 @@ autoencoder), model selection on held-out normal images only; the score is the s
 with the same β (computed as aeaudit's ``toll`` scorer does). The paper's full network (z = 128,
 2000 batches of 1000, lr 1e-4) and its validation-with-anomalies model selection are not used.
 """
+
 from __future__ import annotations
 
 import time
 
+import _common as C
 import numpy as np
 import torch
 from torch import nn
 
-import _common as C
 from aeaudit.harden import harden
 from aeaudit.scorers.toll import toll_terms
 from aeaudit.zoo import ConvAutoencoder
 
 PAPER = {  # Table 7: AUC in % (β = 0, β = 1000)
-    0: (99.1, 99.8), 1: (99.9, 99.9), 2: (91.4, 96.2), 3: (93.4, 97.9), 4: (94.3, 97.8),
-    5: (95.1, 98.1), 6: (98.5, 99.5), 7: (96.4, 98.7), 8: (82.9, 97.3), 9: (96.2, 98.5),
+    0: (99.1, 99.8),
+    1: (99.9, 99.9),
+    2: (91.4, 96.2),
+    3: (93.4, 97.9),
+    4: (94.3, 97.8),
+    5: (95.1, 98.1),
+    6: (98.5, 99.5),
+    7: (96.4, 98.7),
+    8: (82.9, 97.3),
+    9: (96.2, 98.5),
 }
 
 
@@ -40,13 +49,23 @@ class TollConvAE(nn.Module):
     def __init__(self, latent_dim: int = 32):
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, 32, 4, 2, 1), nn.BatchNorm2d(32), nn.LeakyReLU(0.2),  # 28 -> 14
-            nn.Conv2d(32, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.LeakyReLU(0.2),  # 14 -> 7
-            nn.Flatten(), nn.Linear(64 * 7 * 7, latent_dim),
+            nn.Conv2d(1, 32, 4, 2, 1),
+            nn.BatchNorm2d(32),
+            nn.LeakyReLU(0.2),  # 28 -> 14
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.BatchNorm2d(64),
+            nn.LeakyReLU(0.2),  # 14 -> 7
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, latent_dim),
         )
         self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, 64 * 7 * 7), nn.Unflatten(1, (64, 7, 7)), nn.BatchNorm2d(64), nn.LeakyReLU(0.2),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.BatchNorm2d(32), nn.LeakyReLU(0.2),  # 7 -> 14
+            nn.Linear(latent_dim, 64 * 7 * 7),
+            nn.Unflatten(1, (64, 7, 7)),
+            nn.BatchNorm2d(64),
+            nn.LeakyReLU(0.2),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            nn.BatchNorm2d(32),
+            nn.LeakyReLU(0.2),  # 7 -> 14
             nn.ConvTranspose2d(32, 1, 4, 2, 1),  # 14 -> 28
         )
 
@@ -70,15 +89,40 @@ def scores(result, x: np.ndarray, beta: float) -> dict[str, np.ndarray]:
     return {"toll": rec + beta * lat, "recon": rec}
 
 
-def run_one(digit: int, beta: float, train: np.ndarray, test_x: np.ndarray, test_normal: np.ndarray,
-            steps: int, seed: int, latent: int, arch: str, device: str) -> dict:
+def run_one(
+    digit: int,
+    beta: float,
+    train: np.ndarray,
+    test_x: np.ndarray,
+    test_normal: np.ndarray,
+    steps: int,
+    seed: int,
+    latent: int,
+    arch: str,
+    device: str,
+) -> dict:
     torch.manual_seed(seed)
     model = ARCHS[arch](latent_dim=latent)
-    res = harden(model, train, method="toll", beta=beta, from_scratch=True, steps=steps, lr=1e-3, batch_size=64,
-                 seed=seed, device=device)
+    res = harden(
+        model,
+        train,
+        method="toll",
+        beta=beta,
+        from_scratch=True,
+        steps=steps,
+        lr=1e-3,
+        batch_size=64,
+        seed=seed,
+        device=device,
+    )
     s = scores(res, test_x, beta)
-    out = {"digit": digit, "beta": beta, "seed": seed, "best_step": res.best_step,
-           "heldout_objective": res.heldout_after}
+    out = {
+        "digit": digit,
+        "beta": beta,
+        "seed": seed,
+        "best_step": res.best_step,
+        "heldout_objective": res.heldout_after,
+    }
     for name, v in s.items():
         out[f"auc_{name}"] = 100 * C.auroc(v[test_normal], v[~test_normal])
     return out
@@ -92,8 +136,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sweep-betas", default="10,100", help="extra β values for --sweep-digit ('' for none)")
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--latent", type=int, default=32)
-    p.add_argument("--arch", choices=sorted(ARCHS), default="conv-bn",
-                   help="conv-bn: a small Toll-style BatchNorm network; conv: aeaudit.zoo.ConvAutoencoder")
+    p.add_argument(
+        "--arch",
+        choices=sorted(ARCHS),
+        default="conv-bn",
+        help="conv-bn: a small Toll-style BatchNorm network; conv: aeaudit.zoo.ConvAutoencoder",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     C.setup(args)
@@ -120,20 +168,42 @@ def main(argv: list[str] | None = None) -> dict:
     for d in digits:
         train = train_x[train_y == d]
         for b in betas + (sweep if d == args.sweep_digit else []):
-            rows.append(run_one(d, b, train, test_x, test_y == d, steps, args.seed, args.latent, args.arch, args.device))
+            rows.append(
+                run_one(d, b, train, test_x, test_y == d, steps, args.seed, args.latent, args.arch, args.device)
+            )
             C.progress(f"digit {d} β {b:g}: AUC toll {rows[-1]['auc_toll']:.1f} recon {rows[-1]['auc_recon']:.1f}")
     table = {}
     for d in digits:
         table[d] = {f"beta={r['beta']:g}": round(r["auc_toll"], 2) for r in rows if r["digit"] == d}
         table[d]["paper"] = {"beta=0": PAPER[d][0], "beta=1000": PAPER[d][1]}
-    means = {f"beta={b:g}": C.mean_std([r["auc_toll"] for r in rows if r["beta"] == b and r["digit"] in digits])
-             for b in betas}
-    paper_mean = {"beta=0": float(np.mean([PAPER[d][0] for d in digits])),
-                  "beta=1000": float(np.mean([PAPER[d][1] for d in digits]))}
-    return C.finish("repro_toll_table7", args, {
-        "paper": "seeds/003 Table 7", "data": source,
-        "budget": {"steps": steps, "batch_size": 64, "latent_dim": args.latent, "arch": args.arch, "seed": args.seed},
-        "table": table, "mean_auc": means, "paper_mean_auc": paper_mean, "runs": rows}, started)
+    means = {
+        f"beta={b:g}": C.mean_std([r["auc_toll"] for r in rows if r["beta"] == b and r["digit"] in digits])
+        for b in betas
+    }
+    paper_mean = {
+        "beta=0": float(np.mean([PAPER[d][0] for d in digits])),
+        "beta=1000": float(np.mean([PAPER[d][1] for d in digits])),
+    }
+    return C.finish(
+        "repro_toll_table7",
+        args,
+        {
+            "paper": "seeds/003 Table 7",
+            "data": source,
+            "budget": {
+                "steps": steps,
+                "batch_size": 64,
+                "latent_dim": args.latent,
+                "arch": args.arch,
+                "seed": args.seed,
+            },
+            "table": table,
+            "mean_auc": means,
+            "paper_mean_auc": paper_mean,
+            "runs": rows,
+        },
+        started,
+    )
 
 
 if __name__ == "__main__":

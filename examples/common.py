@@ -1,5 +1,6 @@
 """What the example scripts share: the ``--out`` / ``--seed`` arguments, logging, and a seeded
 full-batch / mini-batch training loop with a rich progress bar."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,23 +26,37 @@ def make_parser(description: str, default_out: str = "examples/models") -> argpa
 def setup(args: argparse.Namespace, threads: int = 1) -> argparse.Namespace:
     """Set up logging, create ``args.out``, seed torch and cap its threads: for networks this small,
     thread synchronisation costs more than it saves (one thread is 10x faster on a busy 2-core box)."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(show_path=False, markup=False)])
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", datefmt="[%X]", handlers=[RichHandler(show_path=False, markup=False)]
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), threads)))
     return args
 
 
-def train(model: nn.Module, x: torch.Tensor, *, steps: int, lr: float, batch_size: int | None = None,
-          seed: int = 0, label: str = "training") -> float:
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int | None = None,
+    seed: int = 0,
+    label: str = "training",
+) -> float:
     """Adam on the mean squared reconstruction error; full batch when ``batch_size`` is None.
     Returns the final loss over all of ``x``."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-               TextColumn("loss {task.fields[loss]:.4g}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]:.4g}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task(label, total=steps, loss=float("nan"))
         for step in range(steps):

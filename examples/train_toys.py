@@ -16,6 +16,7 @@ Run and scan (the architecture flags must match the model's name):
 
 Takes about 30 s on two CPU cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,9 @@ import logging
 
 import numpy as np
 import torch
+from common import make_parser, save_data, setup, train
 
 from aeaudit.zoo import MLPAutoencoder
-from common import make_parser, save_data, setup, train
 
 log = logging.getLogger("examples.toys")
 
@@ -60,10 +61,20 @@ def main() -> None:
         path = args.out / f"{name}.pt"
         torch.save(model.state_dict(), path)
         arch = "mlp:" + ",".join(map(str, sizes))
-        command = (f"aeaudit scan {path} --data {args.out / (data_name + '.npy')} --arch {arch} "
-                   f"--activation {activation} --out aeaudit-out/{name}")
-        manifest.append({"model": str(path), "data": str(args.out / f"{data_name}.npy"), "arch": arch,
-                         "activation": activation, "final_mse": loss, "scan": command})
+        command = (
+            f"aeaudit scan {path} --data {args.out / (data_name + '.npy')} --arch {arch} "
+            f"--activation {activation} --out aeaudit-out/{name}"
+        )
+        manifest.append(
+            {
+                "model": str(path),
+                "data": str(args.out / f"{data_name}.npy"),
+                "arch": arch,
+                "activation": activation,
+                "final_mse": loss,
+                "scan": command,
+            }
+        )
         log.info("%-18s %-26s final MSE %.4f -> %s", name, arch, loss, path)
     (args.out / "toys.json").write_text(json.dumps(manifest, indent=1))
     log.info("scan commands: %s", args.out / "toys.json")

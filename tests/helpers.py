@@ -8,6 +8,7 @@
   ``L_R(x) = mean((x - μ)²)``: low loss only near the normal data, no blind spot far away.
 - :func:`trained_toy`: the paper's ``[2, 5, 1, 5, 2]`` ReLU autoencoder trained briefly on one Gaussian.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,7 +32,9 @@ def line_data(n: int = 200, seed: int = 0, noise: float = 0.05) -> np.ndarray:
     return np.stack([a, b], axis=1).astype(np.float32)
 
 
-def gaussian_data(n: int = 200, seed: int = 0, centre: tuple[float, float] = (0.0, 0.0), std: float = 0.3) -> np.ndarray:
+def gaussian_data(
+    n: int = 200, seed: int = 0, centre: tuple[float, float] = (0.0, 0.0), std: float = 0.3
+) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (np.asarray(centre) + std * rng.standard_normal((n, 2))).astype(np.float32)
 
@@ -59,7 +62,7 @@ def constant_ae(mean: tuple[float, float] = (0.0, 0.0)) -> MLPAutoencoder:
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _trained_state(seed: int, activation: str, steps: int) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     x = torch.as_tensor(gaussian_data(100, seed))

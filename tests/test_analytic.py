@@ -3,6 +3,7 @@
 Every model here is tiny and either hand-set (so the blind subspace or ray is known exactly)
 or trained for about a second; data are generated or come from scikit-learn.
 """
+
 from __future__ import annotations
 
 import math

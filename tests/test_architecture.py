@@ -62,7 +62,12 @@ def test_no_import_cycle():
 
 def test_report_writers_do_not_reach_the_audit():
     graph = _graph()
-    for name in ("aeaudit.report.html", "aeaudit.report.junit", "aeaudit.report.markdown", "aeaudit.report.terminal",
-                 "aeaudit.report.json_report"):
+    for name in (
+        "aeaudit.report.html",
+        "aeaudit.report.junit",
+        "aeaudit.report.markdown",
+        "aeaudit.report.terminal",
+        "aeaudit.report.json_report",
+    ):
         reached = _reaches(graph, name)
         assert not reached & {"aeaudit.audit", "aeaudit.runner", "aeaudit.probes", "aeaudit.model"}, (name, reached)

@@ -1,4 +1,5 @@
 """The command line's contract: exit codes 0/1/2/3/4, one-line errors, nothing left behind, repeatable reports."""
+
 from __future__ import annotations
 
 import json
@@ -11,15 +12,14 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import PROJECTION_ARCH, line_data, projection_ae, save_constant_case, save_projection_case
 from typer.testing import CliRunner
 
 import aeaudit
 from aeaudit.cli import app
-from aeaudit.report import read_json, strip_timings
 from aeaudit.probes import make_probe
+from aeaudit.report import read_json, strip_timings
 from aeaudit.settings import parse_settings
-
-from helpers import PROJECTION_ARCH, line_data, projection_ae, save_constant_case, save_projection_case
 
 # the random search alone, no scorer comparison: these tests pin down the CLI, not the strong searches
 FAST = ["--probes", "random", "--scorers", "", "--effort", "quick", "--device", "cpu"]
@@ -61,8 +61,20 @@ def test_exit_1_on_a_blind_spot_and_0_with_fail_on_never(cases):
     assert top["distance_ratio"] >= 2.0 and top["loss"] <= report["thresholds"]["tau_min"]
     assert result.stdout.lstrip().startswith("FAIL") or "FAIL" in result.stdout.splitlines()[0]
 
-    never = invoke("scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", cases["dir"] / "o2",
-                   "--fail-on", "never", "--quiet", *FAST)
+    never = invoke(
+        "scan",
+        model,
+        "--data",
+        data,
+        "--arch",
+        PROJECTION_ARCH,
+        "--out",
+        cases["dir"] / "o2",
+        "--fail-on",
+        "never",
+        "--quiet",
+        *FAST,
+    )
     assert never.exit_code == 0 and never.stdout == ""
 
 
@@ -92,24 +104,37 @@ BAD_INPUTS = {
     "bad --time-limit": (["scan", "{const_model}", "--data", "{const_data}", "--time-limit", "-1"], "--time-limit"),
     "NaN --time-limit": (["scan", "{const_model}", "--data", "{const_data}", "--time-limit", "nan"], "--time-limit"),
     "NaN --threshold": (["scan", "{const_model}", "--data", "{const_data}", "--threshold", "nan"], "--threshold"),
-    "negative --min-distance": (["scan", "{const_model}", "--data", "{const_data}", "--min-distance", "-1"],
-                                "--min-distance"),
-    "NaN --min-distance": (["scan", "{const_model}", "--data", "{const_data}", "--min-distance", "nan"], "--min-distance"),
+    "negative --min-distance": (
+        ["scan", "{const_model}", "--data", "{const_data}", "--min-distance", "-1"],
+        "--min-distance",
+    ),
+    "NaN --min-distance": (
+        ["scan", "{const_model}", "--data", "{const_data}", "--min-distance", "nan"],
+        "--min-distance",
+    ),
     "bad --fpr": (["scan", "{const_model}", "--data", "{const_data}", "--fpr", "1.5"], "--fpr"),
     "bad --effort": (["scan", "{const_model}", "--data", "{const_data}", "--effort", "heroic"], "--effort"),
-    "bad --inconclusive": (["scan", "{const_model}", "--data", "{const_data}", "--inconclusive", "maybe"],
-                           "--inconclusive"),
-    "setting of the wrong type": (["scan", "{const_model}", "--data", "{const_data}", "--probe-settings", "steps=abc"],
-                                  "steps='abc': expected an integer"),
-    "setting out of range": (["scan", "{const_model}", "--data", "{const_data}", "--probe-settings",
-                              "random.samples=0"], "samples = 0"),
+    "bad --inconclusive": (
+        ["scan", "{const_model}", "--data", "{const_data}", "--inconclusive", "maybe"],
+        "--inconclusive",
+    ),
+    "setting of the wrong type": (
+        ["scan", "{const_model}", "--data", "{const_data}", "--probe-settings", "steps=abc"],
+        "steps='abc': expected an integer",
+    ),
+    "setting out of range": (
+        ["scan", "{const_model}", "--data", "{const_data}", "--probe-settings", "random.samples=0"],
+        "samples = 0",
+    ),
     "complex data": (["scan", "{const_model}", "--data", "{d}/complex.npy"], "complex"),
     "identical data": (["scan", "{const_model}", "--data", "{d}/same.npy"], "no spread"),
     "NaN output on normal data": (["scan", "{d}/nanout.pt", "--data", "{const_data}"], "output is NaN or inf"),
     "data beyond float32": (["scan", "{const_model}", "--data", "{d}/huge.npy"], "beyond float32"),
     "--out is a file": (["scan", "{const_model}", "--data", "{const_data}", "--out", "{d}/afile.txt"], "is a file"),
-    "--junit into a file's folder": (["scan", "{const_model}", "--data", "{const_data}", "--junit",
-                                      "{d}/afile.txt/j.xml"], "is a file, not a folder"),
+    "--junit into a file's folder": (
+        ["scan", "{const_model}", "--data", "{const_data}", "--junit", "{d}/afile.txt/j.xml"],
+        "is a file, not a folder",
+    ),
     "--markdown is a folder": (["scan", "{const_model}", "--data", "{const_data}", "--markdown", "{d}"], "is a folder"),
     "bad --bounds": (["scan", "{const_model}", "--data", "{const_data}", "--bounds", "1,0"], "--bounds"),
     "bad --input-shape": (["scan", "{const_model}", "--data", "{const_data}", "--input-shape", "a,b"], "--input-shape"),
@@ -153,8 +178,13 @@ class _NaNOut(torch.nn.Module):
 def test_bad_input_exits_2_with_one_line_and_no_output(bad_files, case):
     args, words = BAD_INPUTS[case]
     d = bad_files["dir"]
-    fill = {"d": d, "proj_model": bad_files["proj"][0], "proj_data": bad_files["proj"][1],
-            "const_model": bad_files["const"][0], "const_data": bad_files["const"][1]}
+    fill = {
+        "d": d,
+        "proj_model": bad_files["proj"][0],
+        "proj_data": bad_files["proj"][1],
+        "const_model": bad_files["const"][0],
+        "const_data": bad_files["const"][1],
+    }
     out = d / "out"
     args = [a.format(**fill) for a in args]
     before = sorted(p.name for p in d.iterdir())
@@ -187,8 +217,9 @@ def test_pickled_module_scans_with_trust(cases):
     torch.save(projection_ae(), d / "full.pt")
     refused = invoke("scan", d / "full.pt", "--data", cases["proj"][1], "--out", d / "o", "--quiet", *FAST)
     assert refused.exit_code == 2 and not (d / "o").exists()
-    trusted = invoke("scan", d / "full.pt", "--data", cases["proj"][1], "--out", d / "o", "--quiet",
-                     "--trust-checkpoint", *FAST)
+    trusted = invoke(
+        "scan", d / "full.pt", "--data", cases["proj"][1], "--out", d / "o", "--quiet", "--trust-checkpoint", *FAST
+    )
     assert trusted.exit_code == 1
     assert read_json(d / "o" / "report.json")["model"]["format"] == "pickled nn.Module"
 
@@ -213,14 +244,16 @@ def test_same_seed_gives_the_same_report(cases):
     out = cases["dir"] / "o"
     reports = []
     for _ in range(2):
-        result = invoke("scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", out, "--seed", "7",
-                        "--quiet", *FAST)
+        result = invoke(
+            "scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", out, "--seed", "7", "--quiet", *FAST
+        )
         assert result.exit_code == 1
         reports.append(read_json(out / "report.json"))
     assert reports[0]["status"] == "complete" and reports[0]["seed"] == 7
     assert strip_timings(reports[0]) == strip_timings(reports[1])
-    other = invoke("scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", out, "--seed", "8",
-                   "--quiet", *FAST)
+    other = invoke(
+        "scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", out, "--seed", "8", "--quiet", *FAST
+    )
     assert other.exit_code == 1
     assert read_json(out / "report.json")["findings"] != reports[0]["findings"]  # the seed is really used
 
@@ -229,8 +262,16 @@ def test_time_limit_is_a_hard_cap_and_keeps_what_was_found():
     """A search of 2²⁶ draws stops at the time limit; the scan is incomplete, and what it verified
     before the cap still fails the gate."""
     start = time.perf_counter()
-    result = aeaudit.scan(projection_ae(), line_data(), time_limit=1.0, probes=("random",), scorers=(), device="cpu",
-                          quiet=True, probe_settings={"samples": 2**26})
+    result = aeaudit.scan(
+        projection_ae(),
+        line_data(),
+        time_limit=1.0,
+        probes=("random",),
+        scorers=(),
+        device="cpu",
+        quiet=True,
+        probe_settings={"samples": 2**26},
+    )
     elapsed = time.perf_counter() - start
     probe = result.probes[0]
     assert probe["status"] == "incomplete" and "time limit" in probe["reason"]
@@ -241,11 +282,18 @@ def test_time_limit_is_a_hard_cap_and_keeps_what_was_found():
     assert result.exit_code() == 1  # what was found before the cap is verified, so it stands
 
 
+@pytest.mark.slow
 def test_same_findings_on_an_idle_and_a_busy_machine():
     """Issue 12, item 1: the amount of search is work, not seconds, so the same scan gives the same
     report beside a process that keeps a CPU busy (it did not when budgets were in seconds)."""
-    kwargs = dict(probes=("grid", "pgd-latent", "pgd-input", "random"), scorers=(), device="cpu", quiet=True,
-                  effort="quick", seed=2)
+    kwargs = dict(
+        probes=("grid", "pgd-latent", "pgd-input", "random"),
+        scorers=(),
+        device="cpu",
+        quiet=True,
+        effort="quick",
+        seed=2,
+    )
     idle = aeaudit.scan(projection_ae(), line_data(), **kwargs).to_dict()
     burner = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 120: pass"])
     try:
@@ -259,14 +307,23 @@ def test_same_findings_on_an_idle_and_a_busy_machine():
 
 def _python_m(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}  # as conftest.py does in-process
-    return subprocess.run([sys.executable, "-m", "aeaudit", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "aeaudit", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
+@pytest.mark.slow
 def test_python_m_aeaudit_exit_codes_and_quiet(cases):
     d = cases["dir"]
     model, data = cases["proj"]
-    found = _python_m("scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", d / "o", "--quiet", *FAST, cwd=d)
+    found = _python_m(
+        "scan", model, "--data", data, "--arch", PROJECTION_ARCH, "--out", d / "o", "--quiet", *FAST, cwd=d
+    )
     assert found.returncode == 1, found.stderr
     assert found.stdout == ""
     report = json.loads((d / "o" / "report.json").read_text())
@@ -285,16 +342,30 @@ def test_version():
 
 def test_probe_and_scorer_settings_reach_the_probes_and_typos_exit_2(cases):
     model, data = cases["proj"]
-    result = invoke("scan", model, "--arch", PROJECTION_ARCH, "--data", data, *FAST, "-o", "out", "--quiet",
-                    "--probe-settings", "samples=300,random.batch_size=100")
+    result = invoke(
+        "scan",
+        model,
+        "--arch",
+        PROJECTION_ARCH,
+        "--data",
+        data,
+        *FAST,
+        "-o",
+        "out",
+        "--quiet",
+        "--probe-settings",
+        "samples=300,random.batch_size=100",
+    )
     assert result.exit_code == 1, result.output
     report = read_json(cases["dir"] / "out" / "report.json")
     assert report["settings"]["probe_settings"] == {"samples": 300, "random": {"batch_size": 100}}
     assert report["probes"][0]["evaluations"] == 2 * 300  # samples per space: input and latent
-    for flag, value, named in (("--probe-settings", "pgd-input.stepz=5", "pgd-input.stepz"),
-                               ("--probe-settings", "stepz=5", "stepz"),
-                               ("--scorer-settings", "toll.betta=2", "toll.betta"),
-                               ("--probe-settings", "steps", "KEY=VALUE")):
+    for flag, value, named in (
+        ("--probe-settings", "pgd-input.stepz=5", "pgd-input.stepz"),
+        ("--probe-settings", "stepz=5", "stepz"),
+        ("--scorer-settings", "toll.betta=2", "toll.betta"),
+        ("--probe-settings", "steps", "KEY=VALUE"),
+    ):
         result = invoke("scan", model, "--arch", PROJECTION_ARCH, "--data", data, *FAST, "-o", "bad", flag, value)
         assert result.exit_code == 2 and named in _one_line_error(result), (value, result.output)
     assert not (cases["dir"] / "bad").exists()
@@ -302,7 +373,12 @@ def test_probe_and_scorer_settings_reach_the_probes_and_typos_exit_2(cases):
 
 def test_parse_settings_types_and_nesting():
     assert parse_settings("steps=400, pgd-input.starts=128,toll.beta=1e1,x=true,optimizer=sign", "--s") == {
-        "steps": 400, "pgd-input": {"starts": 128}, "toll": {"beta": 10.0}, "x": True, "optimizer": "sign"}
+        "steps": 400,
+        "pgd-input": {"starts": 128},
+        "toll": {"beta": 10.0},
+        "x": True,
+        "optimizer": "sign",
+    }
     assert parse_settings("", "--s") == {}
     probe = make_probe("random", {"samples": 3, "steps": 9, "random": {"batch_size": 7}, "pgd-input": {"samples": 5}})
     assert (probe.samples, probe.batch_size) == (3, 7)  # flat keys it takes, its own win, others' ignored
@@ -320,17 +396,37 @@ def _wait_for_handler(proc: subprocess.Popen, signum: int, timeout: float = 120)
     raise AssertionError("the scan never installed its signal handler")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to see the handler installed")
 def test_sigterm_writes_the_incomplete_report_and_exits_inconclusive(cases):
     """What CI runners and `timeout` send: the scan stops, writes its report atomically and exits 4
     (nothing at or above the gate was found before the signal); a second signal aborts at once."""
     d = cases["dir"]
     model, data = cases["const"]
-    args = ["scan", model, "--data", data, "--probes", "random", "--scorers", "", "--device", "cpu", "--quiet",
-            "--probe-settings", f"samples={2**30}"]
+    args = [
+        "scan",
+        model,
+        "--data",
+        data,
+        "--probes",
+        "random",
+        "--scorers",
+        "",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--probe-settings",
+        f"samples={2**30}",
+    ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "aeaudit", *map(str, args), "-o", d / "o"], cwd=d, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aeaudit", *map(str, args), "-o", d / "o"],
+        cwd=d,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_handler(proc, signal.SIGTERM)
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
@@ -340,7 +436,6 @@ def test_sigterm_writes_the_incomplete_report_and_exits_inconclusive(cases):
     assert report["status"] == "incomplete" and report["outcome"] == "INCONCLUSIVE"
     assert "SIGTERM" in report["stopped"] and report["verdict"].startswith("INCONCLUSIVE")
     assert report["gate"]["exit_code"] == 4 and not list((d / "o").glob(".*.tmp"))
-
 
 
 def test_a_second_signal_aborts_at_once(monkeypatch):
@@ -358,10 +453,27 @@ def test_a_second_signal_aborts_at_once(monkeypatch):
 
 def test_inconclusive_maps_to_pass_or_fail_on_request(cases):
     model, data = cases["const"]
-    base = ["scan", model, "--data", data, "--probes", "random", "--scorers", "", "--device", "cpu", "--quiet",
-            "--probe-settings", f"samples={2**26}", "--time-limit", "0.5"]
-    codes = {how: invoke(*base, "-o", cases["dir"] / how, "--inconclusive", how).exit_code
-             for how in ("inconclusive", "pass", "fail")}
+    base = [
+        "scan",
+        model,
+        "--data",
+        data,
+        "--probes",
+        "random",
+        "--scorers",
+        "",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--probe-settings",
+        f"samples={2**26}",
+        "--time-limit",
+        "0.5",
+    ]
+    codes = {
+        how: invoke(*base, "-o", cases["dir"] / how, "--inconclusive", how).exit_code
+        for how in ("inconclusive", "pass", "fail")
+    }
     assert codes == {"inconclusive": 4, "pass": 0, "fail": 1}
     report = read_json(cases["dir"] / "pass" / "report.json")
     assert report["outcome"] == "INCONCLUSIVE" and report["gate"]["inconclusive_as"] == "pass"
@@ -377,8 +489,23 @@ def test_ctrl_c_keeps_what_was_found_and_marks_the_scan_incomplete(cases, monkey
 
     monkeypatch.setattr(RandomSearch, "_run", interrupted)
     model, data = cases["proj"]
-    result = invoke("scan", model, "--arch", PROJECTION_ARCH, "--data", data, "--probes", "affine,random",
-                    "--scorers", "", "--device", "cpu", "--quiet", "-o", "out")
+    result = invoke(
+        "scan",
+        model,
+        "--arch",
+        PROJECTION_ARCH,
+        "--data",
+        data,
+        "--probes",
+        "affine,random",
+        "--scorers",
+        "",
+        "--device",
+        "cpu",
+        "--quiet",
+        "-o",
+        "out",
+    )
     assert result.exit_code == 1, result.output
     report = read_json(cases["dir"] / "out" / "report.json")
     assert report["status"] == "incomplete" and report["outcome"] == "FAIL"

@@ -1,4 +1,5 @@
 """Normal-data loading: every file format, reshaping, and one clear line for every bad input."""
+
 from __future__ import annotations
 
 import pickle
@@ -6,11 +7,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import line_data
 
 from aeaudit import InputError, load_data
 from aeaudit.data import parse_shape, shape_samples
-
-from helpers import line_data
 
 X = line_data(20, seed=1)
 
@@ -42,10 +42,17 @@ def test_npz_single_array_and_data_key(tmp_path):
     assert "no array 'missing'" in _message(two, key="missing")
 
 
-@pytest.mark.parametrize("name, delimiter, header", [
-    ("plain.csv", ",", None), ("header.csv", ",", "a,b"), ("semi.csv", ";", "a;b"),
-    ("tabs.tsv", "\t", None), ("tabs_header.tsv", "\t", "first\tsecond"), ("spaces.txt", " ", None),
-])
+@pytest.mark.parametrize(
+    "name, delimiter, header",
+    [
+        ("plain.csv", ",", None),
+        ("header.csv", ",", "a,b"),
+        ("semi.csv", ";", "a;b"),
+        ("tabs.tsv", "\t", None),
+        ("tabs_header.tsv", "\t", "first\tsecond"),
+        ("spaces.txt", " ", None),
+    ],
+)
 def test_numeric_tables(tmp_path, name, delimiter, header):
     path = tmp_path / name
     np.savetxt(path, X, delimiter=delimiter, header=header or "", comments="", fmt="%.8g")
@@ -154,8 +161,25 @@ def _write_bad(tmp_path, kind):
     raise AssertionError(kind)
 
 
-BAD_KINDS = ["nan", "inf", "empty_file", "no_samples", "header_only", "non_numeric", "ragged", "strings", "objects",
-             "truncated_npy", "truncated_npz", "truncated_pt", "not_npy", "binary_csv", "suffix", "missing", "pt_not_tensor"]
+BAD_KINDS = [
+    "nan",
+    "inf",
+    "empty_file",
+    "no_samples",
+    "header_only",
+    "non_numeric",
+    "ragged",
+    "strings",
+    "objects",
+    "truncated_npy",
+    "truncated_npz",
+    "truncated_pt",
+    "not_npy",
+    "binary_csv",
+    "suffix",
+    "missing",
+    "pt_not_tensor",
+]
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)

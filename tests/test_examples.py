@@ -1,5 +1,6 @@
 """The example scripts run, save what their headers promise, and aeaudit loads it with the documented flags.
 (Few training steps: this checks the plumbing, not the models' quality.)"""
+
 from __future__ import annotations
 
 import importlib
@@ -56,7 +57,9 @@ def test_train_toys_writes_every_model_and_its_scan_command(tmp_path, monkeypatc
         assert rows == (200 if name == "gauss2" else 100)  # 100 points per distribution
     for entry in manifest:
         assert f"--arch {entry['arch']}" in entry["scan"] and f"--activation {entry['activation']}" in entry["scan"]
-        adapter, _ = _loads(Path(entry["model"]), Path(entry["data"]), arch=entry["arch"], activation=entry["activation"])
+        adapter, _ = _loads(
+            Path(entry["model"]), Path(entry["data"]), arch=entry["arch"], activation=entry["activation"]
+        )
         assert adapter.latent_shape == (1,)
         reference = MLPAutoencoder([int(s) for s in entry["arch"][4:].split(",")], activation=entry["activation"])
         assert adapter.card.n_parameters == sum(p.numel() for p in reference.parameters())
@@ -72,4 +75,7 @@ def test_train_mnist_fallback_saves_torchscript_and_images(tmp_path, monkeypatch
     assert data.shape[1:] == (1, 28, 28) and data.dtype == np.float32
     assert 0.0 <= float(data.min()) and float(data.max()) <= 1.0
     assert adapter.latent_shape == (2,)
-    assert meta["scan"] == f"aeaudit scan {tmp_path / 'mnist457_conv.pt'} --data {tmp_path / 'mnist457_normal.npy'} --out aeaudit-out"
+    assert (
+        meta["scan"]
+        == f"aeaudit scan {tmp_path / 'mnist457_conv.pt'} --data {tmp_path / 'mnist457_normal.npy'} --out aeaudit-out"
+    )

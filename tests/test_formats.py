@@ -178,7 +178,13 @@ def test_onnx_scan_runs_gradient_probes(tmp_path):
     model = trained_toy()
     path = _onnx_export(model, torch.zeros(2, 2), tmp_path / "model.onnx")
     report = aeaudit.scan(
-        path, gaussian_data(64, seed=1), probes=("random", "pgd-input"), scorers=(), effort="quick", device="cpu", seed=0
+        path,
+        gaussian_data(64, seed=1),
+        probes=("random", "pgd-input"),
+        scorers=(),
+        effort="quick",
+        device="cpu",
+        seed=0,
     ).to_dict()
     status = {p["probe"]: p["status"] for p in report["probes"]}
     assert status["pgd-input"] == "complete" and status["random"] == "complete", report["probes"]
@@ -208,8 +214,15 @@ def test_unconvertible_onnx_runs_on_onnxruntime_without_gradients(tmp_path):
         torch.testing.assert_close(adapter.reconstruct(x), model(x), rtol=1e-5, atol=1e-6)
     exact = adapter.to("cpu", torch.float64)  # the verifier's copy opens its own session
     assert exact.losses(x.double()).shape == (6,)
-    report = aeaudit.scan(path, gaussian_data(64, seed=1), probes=("random", "pgd-input", "far-field"),
-                          scorers=("recon", "gradcon", "energy"), effort="quick", device="cpu", seed=0).to_dict()
+    report = aeaudit.scan(
+        path,
+        gaussian_data(64, seed=1),
+        probes=("random", "pgd-input", "far-field"),
+        scorers=("recon", "gradcon", "energy"),
+        effort="quick",
+        device="cpu",
+        seed=0,
+    ).to_dict()
     status = {p["probe"]: (p["status"], p["reason"]) for p in report["probes"]}
     assert status["random"][0] == "complete"
     for probe in ("pgd-input", "far-field"):  # gradient probes say they did not run, and why

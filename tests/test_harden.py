@@ -1,5 +1,6 @@
 """aeaudit harden and aeaudit compare on tiny models: losses fall, checkpoints reload with their
 extras, GradCon's reference is the mean gradient, and compare's replay is consistent."""
+
 from __future__ import annotations
 
 import copy
@@ -8,9 +9,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import PROJECTION_ARCH, NoSplitNet, gaussian_data, line_data, projection_ae, trained_toy
 from typer.testing import CliRunner
 
-from aeaudit.baseline import split_indices
 from aeaudit.cli import app
 from aeaudit.compare import compare
 from aeaudit.errors import InputError
@@ -18,8 +19,6 @@ from aeaudit.harden import HardenSettings, harden, reinitialise, selection_split
 from aeaudit.model import load_model
 from aeaudit.scorers import trained_method
 from aeaudit.scorers.gradcon import GradConScorer
-
-from helpers import PROJECTION_ARCH, NoSplitNet, gaussian_data, line_data, projection_ae, trained_toy
 
 ARCH = "mlp:2,5,1,5,2"
 
@@ -123,8 +122,17 @@ def test_compare_a_model_with_itself_closes_nothing(tmp_path):
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     torch.save(projection_ae().state_dict(), a)
     torch.save({"state_dict": projection_ae().state_dict()}, b)
-    out = compare(a, b, line_data(200), arch=PROJECTION_ARCH, probes=("affine",), scorers=("recon",), effort="quick",
-                  device="cpu", quiet=True)
+    out = compare(
+        a,
+        b,
+        line_data(200),
+        arch=PROJECTION_ARCH,
+        probes=("affine",),
+        scorers=("recon",),
+        effort="quick",
+        device="cpu",
+        quiet=True,
+    )
     replay = out["original_findings_on_hardened"]
     assert out["original"]["counts"] == out["hardened"]["counts"]
     assert out["original"]["certificates"] == out["hardened"]["certificates"] == 1
@@ -141,8 +149,17 @@ def test_toll_flags_the_projection_blind_ray_that_recon_misses(tmp_path):
     res = harden(projection_ae(), data, method="toll", beta=1.0, steps=100, lr=1e-2, seed=0)
     hard, orig = res.save(tmp_path / "h.pt"), tmp_path / "o.pt"
     torch.save(projection_ae().state_dict(), orig)
-    out = compare(orig, hard, data, arch=PROJECTION_ARCH, probes=("affine", "random"), scorers=("recon",), effort="quick",
-                  device="cpu", quiet=True)
+    out = compare(
+        orig,
+        hard,
+        data,
+        arch=PROJECTION_ARCH,
+        probes=("affine", "random"),
+        scorers=("recon",),
+        effort="quick",
+        device="cpu",
+        quiet=True,
+    )
     findings = [f for f in out["results"]["original"].findings if f.x is not None]
     hardened = load_model(hard, arch=PROJECTION_ARCH)
     loss = hardened.to("cpu", torch.float64).losses(torch.as_tensor(np.stack([f.x for f in findings]))).numpy()
@@ -162,17 +179,69 @@ def test_cli_harden_then_compare(tmp_path, data):
     torch.save(trained_toy().state_dict(), model)
     np.save(normal, data)
     hard = tmp_path / "hard.pt"
-    r = CliRunner().invoke(app, ["harden", str(model), "--data", str(normal), "--method", "toll", "--arch", ARCH,
-                                 "-o", str(hard), "--steps", "20", "--beta", "1", "--quiet", "--device", "cpu"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "harden",
+            str(model),
+            "--data",
+            str(normal),
+            "--method",
+            "toll",
+            "--arch",
+            ARCH,
+            "-o",
+            str(hard),
+            "--steps",
+            "20",
+            "--beta",
+            "1",
+            "--quiet",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert torch.load(hard, weights_only=True)["toll_beta"] == 1.0
-    r = CliRunner().invoke(app, ["compare", str(model), str(hard), "--data", str(normal), "--arch", ARCH,
-                                 "--probes", "random", "--effort", "quick", "--out", str(tmp_path / "cmp"), "--quiet"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            str(model),
+            str(hard),
+            "--data",
+            str(normal),
+            "--arch",
+            ARCH,
+            "--probes",
+            "random",
+            "--effort",
+            "quick",
+            "--out",
+            str(tmp_path / "cmp"),
+            "--quiet",
+        ],
+    )
     report = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert r.exit_code == report["exit_code"] and r.exit_code in (0, 1)
     for side in ("original", "hardened"):
-        assert (tmp_path / "cmp" / side / "report.json").is_file() and (tmp_path / "cmp" / side / "report.html").is_file()
-    r = CliRunner().invoke(app, ["harden", str(model), "--data", str(normal), "--method", "nope", "--arch", ARCH,
-                                 "-o", str(tmp_path / "x.pt"), "--quiet"])
+        assert (tmp_path / "cmp" / side / "report.json").is_file() and (
+            tmp_path / "cmp" / side / "report.html"
+        ).is_file()
+    r = CliRunner().invoke(
+        app,
+        [
+            "harden",
+            str(model),
+            "--data",
+            str(normal),
+            "--method",
+            "nope",
+            "--arch",
+            ARCH,
+            "-o",
+            str(tmp_path / "x.pt"),
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 2 and "--method" in r.stderr
-

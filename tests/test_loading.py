@@ -1,20 +1,20 @@
 """Model loading: every checkpoint format, the encoder/decoder split, and the pickle guard."""
+
 from __future__ import annotations
 
 import pickle
 import sys
 
+import helpers
 import numpy as np
 import pytest
 import torch
+from helpers import gaussian_data, line_data, projection_ae, trained_toy
 from torch import nn
 
 from aeaudit import InputError, UntrustedCheckpointError, load_model
 from aeaudit.model.shapes import conv_input_shape
 from aeaudit.zoo import ConvAutoencoder, MLPAutoencoder
-
-import helpers
-from helpers import gaussian_data, line_data, projection_ae, trained_toy
 
 HELPERS_FILE = helpers.__file__
 X = torch.as_tensor(gaussian_data(16, seed=3))
@@ -119,8 +119,9 @@ def test_arch_from_file_and_from_package(tmp_path, monkeypatch):
     pkg = tmp_path / "aeaudit_test_pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "nets.py").write_text("from torch import nn\n\n\ndef build():\n"
-                                 "    return nn.Sequential(nn.Linear(2, 1), nn.Linear(1, 2))\n")
+    (pkg / "nets.py").write_text(
+        "from torch import nn\n\n\ndef build():\n    return nn.Sequential(nn.Linear(2, 1), nn.Linear(1, 2))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "aeaudit_test_pkg", raising=False)
     monkeypatch.delitem(sys.modules, "aeaudit_test_pkg.nets", raising=False)
@@ -254,8 +255,15 @@ def test_pyod_vae_is_scored_at_the_mean_code(tmp_path, pyod_data):
     joblib = pytest.importorskip("joblib")
     from pyod.models.vae import VAE
 
-    det = VAE(epoch_num=2, batch_size=64, encoder_neuron_list=[8], decoder_neuron_list=[8], latent_dim=2,
-              verbose=0, random_state=0)
+    det = VAE(
+        epoch_num=2,
+        batch_size=64,
+        encoder_neuron_list=[8],
+        decoder_neuron_list=[8],
+        latent_dim=2,
+        verbose=0,
+        random_state=0,
+    )
     det.fit(pyod_data)
     with torch.no_grad():  # a vanishing variance makes PyOD's sampled score equal the mean-code score
         det.model.encoder_logvar.weight.zero_()
@@ -270,8 +278,14 @@ def test_pyod_vae_is_scored_at_the_mean_code(tmp_path, pyod_data):
 
 
 # --------------------------------------------------------------------------- the encoder/decoder split
-@pytest.mark.parametrize("make, split", [(helpers.EncDecNet, ("enc", "dec")), (helpers.MethodNet, ("encode", "decode")),
-                                         (trained_toy, ("encoder", "decoder"))])
+@pytest.mark.parametrize(
+    "make, split",
+    [
+        (helpers.EncDecNet, ("enc", "dec")),
+        (helpers.MethodNet, ("encode", "decode")),
+        (trained_toy, ("encoder", "decoder")),
+    ],
+)
 def test_split_found_by_name(make, split):
     model = make().eval()
     adapter = _loaded(model)

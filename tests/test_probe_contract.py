@@ -7,16 +7,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import line_data, projection_ae, trained_toy
 
 from aeaudit.audit import prepare
 from aeaudit.config import ScanConfig
 from aeaudit.effort import Stop
 from aeaudit.probes import PROBES, make_probe
-from helpers import line_data, projection_ae, trained_toy
 
 # small work for every probe; each probe takes the keys it has
-QUICK = {"steps": 20, "starts": 8, "farthest_starts": 4, "samples": 256, "resolution": 30, "random_rays": 4,
-         "sphere_starts": 8, "sphere_steps": 10, "optimised_rays": 2, "pca_directions": 2}
+QUICK = {
+    "steps": 20,
+    "starts": 8,
+    "farthest_starts": 4,
+    "samples": 256,
+    "resolution": 30,
+    "random_rays": 4,
+    "sphere_starts": 8,
+    "sphere_steps": 10,
+    "optimised_rays": 2,
+    "pca_directions": 2,
+}
 BOX = (-6.0, 6.0)
 
 
@@ -30,8 +40,11 @@ def state(request):
 
 
 def _snapshot(module: torch.nn.Module):
-    return ({k: v.clone() for k, v in module.state_dict().items()}, module.training,
-            [p.requires_grad for p in module.parameters()])
+    return (
+        {k: v.clone() for k, v in module.state_dict().items()},
+        module.training,
+        [p.requires_grad for p in module.parameters()],
+    )
 
 
 @pytest.mark.parametrize("name", list(PROBES))

@@ -181,7 +181,9 @@ def test_describe_words():
 
 # ----------------------------------------------------------------------------- end to end
 def test_scan_of_two_blind_rays_reports_two_ray_regions():
-    config = ScanConfig().with_overrides(device="cpu", quiet=True, effort="quick", probes=("far-field", "random"), seed=0)
+    config = ScanConfig().with_overrides(
+        device="cpu", quiet=True, effort="quick", probes=("far-field", "random"), seed=0
+    )
     result = scan(Rays(), ray_data(), config)
     assert result.exit_code() == 1
     # warnings may also turn up in gaps between reference samples; the blind spots are the two rays
@@ -219,7 +221,9 @@ def linear_models(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", ["linear_pca", "linear_gd"])
 def test_each_shipped_linear_autoencoder_is_one_subspace_region(name, linear_models):
-    config = ScanConfig().with_overrides(arch="mlp:8,2,8", device="cpu", quiet=True, effort="quick", probes=("affine", "grid", "random"))
+    config = ScanConfig().with_overrides(
+        arch="mlp:8,2,8", device="cpu", quiet=True, effort="quick", probes=("affine", "grid", "random")
+    )
     result = scan(linear_models / f"{name}.pt", linear_models / "linear_data.npy", config)
     assert len(result.regions) == 1
     region = result.regions[0]

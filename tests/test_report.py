@@ -4,6 +4,7 @@ One CLI scan of the projection autoencoder ``f(a, b) = (a, 0)`` (blind along the
 any distance) feeds most tests; hand-built report dicts cover the image gallery, the scorer
 table and the "did not run" wording.
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import PROJECTION_ARCH, save_projection_case
 from typer.testing import CliRunner
 
 from aeaudit.cli import app
@@ -29,8 +31,6 @@ from aeaudit.report.findings_views import FOLDED_MAX, GALLERY_MAX
 from aeaudit.report.html import SECTIONS, render_html
 from aeaudit.report.junit import to_junit
 from aeaudit.report.markdown import to_markdown
-
-from helpers import PROJECTION_ARCH, save_projection_case
 
 PROBES_RUN = ("pca-reference", "affine", "far-field", "grid", "random")
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -92,13 +92,37 @@ def scanned(tmp_path_factory):
     np.save(root / "anomalies.npy", np.stack([rng.uniform(-3, 3, 30), rng.normal(0, 1.0, 30)], 1).astype(np.float32))
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
-        result = invoke("scan", model, "--arch", PROJECTION_ARCH, "--data", data, "--anomalies", root / "anomalies.npy",
-                        "--probes", ",".join(PROBES_RUN), "--effort", "quick", "--device", "cpu", "--quiet", "-o", root / "out",
-                        "--junit", root / "out" / "junit.xml", "--markdown", root / "out" / "summary.md")
+        result = invoke(
+            "scan",
+            model,
+            "--arch",
+            PROJECTION_ARCH,
+            "--data",
+            data,
+            "--anomalies",
+            root / "anomalies.npy",
+            "--probes",
+            ",".join(PROBES_RUN),
+            "--effort",
+            "quick",
+            "--device",
+            "cpu",
+            "--quiet",
+            "-o",
+            root / "out",
+            "--junit",
+            root / "out" / "junit.xml",
+            "--markdown",
+            root / "out" / "summary.md",
+        )
     assert result.exit_code == 1, result.output  # the projection AE is blind along its first axis
     out = root / "out"
-    return {"root": root, "out": out, "report": read_json(out / "report.json"),
-            "html": (out / "report.html").read_text(encoding="utf-8")}
+    return {
+        "root": root,
+        "out": out,
+        "report": read_json(out / "report.json"),
+        "html": (out / "report.html").read_text(encoding="utf-8"),
+    }
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -135,26 +159,44 @@ def test_html_loads_nothing_from_outside(scanned):
     page = Page(scanned["html"])
     for tag, name, value in page.attributes:
         if name in ("src", "href"):
-            assert value.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,", "#")), (tag, name, value[:60])
+            assert value.startswith(("data:image/png;base64,", "data:image/svg+xml;base64,", "#")), (
+                tag,
+                name,
+                value[:60],
+            )
         assert not re.search(r"https?://", value), (tag, name, value[:80])
     assert page.scripts == []
     assert "url(" not in scanned["html"] and "@import" not in scanned["html"]
     assert "<link" not in scanned["html"]
 
 
+@pytest.mark.slow
 def test_rerendering_saved_json_in_a_new_process_gives_identical_html(scanned):
     out = scanned["out"]
     again = out / "again.html"
-    proc = subprocess.run([sys.executable, "-m", "aeaudit", "report", str(out / "report.json"), "-o", str(again)],
-                          cwd=scanned["root"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "aeaudit", "report", str(out / "report.json"), "-o", str(again)],
+        cwd=scanned["root"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert again.read_bytes() == (out / "report.html").read_bytes()
 
 
 def test_a_report_without_optional_data_says_what_did_not_run(scanned):
     report = copy.deepcopy(scanned["report"])
-    report["probes"] = [{"probe": "grid", "kind": "search", "status": "skipped", "reason": "needs an encoder/decoder split",
-                         "evaluations": 0, "seconds": 0.0}]
+    report["probes"] = [
+        {
+            "probe": "grid",
+            "kind": "search",
+            "status": "skipped",
+            "reason": "needs an encoder/decoder split",
+            "evaluations": 0,
+            "seconds": 0.0,
+        }
+    ]
     report["findings"], report["regions"], report["artifacts"], report["scorers"] = [], [], {}, {}
     report["settings"]["scorers"] = []
     page = Page(render_html(report))
@@ -175,16 +217,34 @@ def test_image_gallery_and_scorer_table(scanned):
     ramp = (np.arange(16) / 15.0).tolist()
     template = {k: v for k, v in report["findings"][0].items() if k not in ("x", "reconstruction", "nearest")}
     template["details"] = {"region": 1}
-    pictured = [{**template, "loss": 0.1 * i, "x": ramp, "reconstruction": ramp[::-1], "nearest": [0.5] * 16}
-                for i in range(3)]
+    pictured = [
+        {**template, "loss": 0.1 * i, "x": ramp, "reconstruction": ramp[::-1], "nearest": [0.5] * 16} for i in range(3)
+    ]
     report["findings"] = pictured + [template] * 2
     report["regions"][0]["witness"] = pictured[0]
-    report["scorers"] = {"status": "complete", "table": [
-        {"scorer": "recon", "threshold": 0.1, "transferred_detection_rate": 0.0, "auroc": 0.5, "adaptive_findings": 3,
-         "verdict": "blind spots remain"},
-        {"scorer": "toll", "posthoc": True, "threshold": 2.0, "transferred_detection_rate": 1.0, "auroc": 0.99,
-         "adaptive_findings": 0, "verdict": "closes the gap"}],
-        "roc": {"recon": {"fpr": [0, 0.5, 1], "tpr": [0, 0.5, 1]}, "toll": {"fpr": [0, 0.01, 1], "tpr": [0, 0.99, 1]}}}
+    report["scorers"] = {
+        "status": "complete",
+        "table": [
+            {
+                "scorer": "recon",
+                "threshold": 0.1,
+                "transferred_detection_rate": 0.0,
+                "auroc": 0.5,
+                "adaptive_findings": 3,
+                "verdict": "blind spots remain",
+            },
+            {
+                "scorer": "toll",
+                "posthoc": True,
+                "threshold": 2.0,
+                "transferred_detection_rate": 1.0,
+                "auroc": 0.99,
+                "adaptive_findings": 0,
+                "verdict": "closes the gap",
+            },
+        ],
+        "roc": {"recon": {"fpr": [0, 0.5, 1], "tpr": [0, 0.5, 1]}, "toll": {"fpr": [0, 0.01, 1], "tpr": [0, 0.99, 1]}},
+    }
     page = Page(render_html(report))
     assert len(page.images_in("gallery")) == 3  # the witness, then the two other pictured findings folded
     assert "feature" not in page.text["gallery"].split("All findings")[0]  # pictures, not feature tables
@@ -220,12 +280,16 @@ def test_junit_follows_the_gate_and_reports_skips_and_errors(scanned):
     report["gate"]["fail_on"] = "never"
     assert _suites(to_junit(report))[0].get("failures") == "0"
     report["gate"]["fail_on"] = "critical"
-    assert int(_suites(to_junit(report))[0].get("failures")) == sum(r["severity"] == "critical" for r in report["regions"])
+    assert int(_suites(to_junit(report))[0].get("failures")) == sum(
+        r["severity"] == "critical" for r in report["regions"]
+    )
     report["regions"] = []
     _, regions, _ = _suites(to_junit(report))
     assert [c.get("name") for c in regions.findall("testcase")] == ["no blind region"]
-    report["probes"] += [{"probe": "pgd-latent", "kind": "search", "status": "skipped", "reason": "no latent"},
-                         {"probe": "broken", "kind": "search", "status": "error", "reason": "RuntimeError: boom"}]
+    report["probes"] += [
+        {"probe": "pgd-latent", "kind": "search", "status": "skipped", "reason": "no latent"},
+        {"probe": "broken", "kind": "search", "status": "error", "reason": "RuntimeError: boom"},
+    ]
     root = ET.fromstring(to_junit(report))
     assert root.find("./testsuite/testcase[@name='pgd-latent']/skipped").get("message") == "no latent"
     assert root.find("./testsuite/testcase[@name='broken']/error").get("message") == "RuntimeError: boom"
@@ -264,7 +328,9 @@ def _write(path: Path, text: str) -> Path:
 
 def test_settings_file_is_found_and_flags_override_it(tmp_path, monkeypatch):
     model, data = save_projection_case(tmp_path / "case")
-    _write(tmp_path / "cfg" / "aeaudit.toml", f"""
+    _write(
+        tmp_path / "cfg" / "aeaudit.toml",
+        f"""
 model = "../case/{model.name}"
 arch = "{PROJECTION_ARCH}"
 data = "../case/{data.name}"
@@ -275,7 +341,8 @@ seed = 5
 fail-on = "never"
 quiet = true
 out = "from-file"
-""")
+""",
+    )
     monkeypatch.chdir(tmp_path / "cfg")
     result = invoke("scan")  # everything from ./aeaudit.toml, relative paths from its folder
     assert result.exit_code == 0, result.output
@@ -284,7 +351,9 @@ out = "from-file"
     assert report["settings"]["config_file"].endswith("aeaudit.toml")
     assert report["settings"]["probe_settings"] == {"samples": 300, "random": {"batch_size": 100}}
     monkeypatch.chdir(tmp_path)
-    result = invoke("scan", "--config", tmp_path / "cfg" / "aeaudit.toml", "--fail-on", "high", "--seed", "1", "-o", "cli")
+    result = invoke(
+        "scan", "--config", tmp_path / "cfg" / "aeaudit.toml", "--fail-on", "high", "--seed", "1", "-o", "cli"
+    )
     assert result.exit_code == 1, result.output  # the flag's gate applies: the blind axis fails it
     report = read_json(tmp_path / "cli" / "report.json")
     assert (report["seed"], report["gate"]["fail_on"], report["settings"]["time_limit"]) == (1, "high", 100.0)
@@ -292,7 +361,10 @@ out = "from-file"
 
 def test_unknown_or_mistyped_settings_exit_2_naming_them(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _write(tmp_path / "pyproject.toml", '[project]\nname = "x"\n[tool.aeaudit]\nseed = 1\nbogus = 2\n"probe-strength" = 3\n')
+    _write(
+        tmp_path / "pyproject.toml",
+        '[project]\nname = "x"\n[tool.aeaudit]\nseed = 1\nbogus = 2\n"probe-strength" = 3\n',
+    )
     result = invoke("scan", "--data", "missing.npy", "model.pt")
     assert result.exit_code == 2
     line = result.stderr.strip()
@@ -308,16 +380,16 @@ def test_find_config_order_and_errors(tmp_path):
     assert find_config(cwd=tmp_path)[0] is None
     _write(tmp_path / "pyproject.toml", '[project]\nname = "x"\n')
     assert find_config(cwd=tmp_path)[0] is None  # a pyproject without [tool.aeaudit] is ignored
-    _write(tmp_path / "pyproject.toml", '[tool.aeaudit]\nseed = 2\n')
+    _write(tmp_path / "pyproject.toml", "[tool.aeaudit]\nseed = 2\n")
     path, settings, _ = find_config(cwd=tmp_path)
     assert path.name == "pyproject.toml" and settings == {"seed": 2}
-    _write(tmp_path / "aeaudit.toml", 'seed = 3\n')
+    _write(tmp_path / "aeaudit.toml", "seed = 3\n")
     path, settings, _ = find_config(cwd=tmp_path)
     assert path.name == "aeaudit.toml" and settings == {"seed": 3}
     with pytest.raises(InputError, match="no \\[tool.aeaudit\\] table"):
         find_config(_write(tmp_path / "other" / "pyproject.toml", '[project]\nname = "x"\n'))
     with pytest.raises(InputError, match="not valid TOML"):
-        find_config(_write(tmp_path / "bad.toml", 'seed = \n'))
+        find_config(_write(tmp_path / "bad.toml", "seed = \n"))
 
 
 # ----------------------------------------------------------------------------- aeaudit report
@@ -336,14 +408,33 @@ def test_screenshot_in_headless_chromium(scanned, tmp_path):
 
     shot = tmp_path / "report.png"
     with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1280,1600",
-                        (scanned["out"] / "report.html").as_uri()], capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={profile}",
+                f"--screenshot={shot}",
+                "--window-size=1280,1600",
+                (scanned["out"] / "report.html").as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
     image = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert image.shape[:2] == (1600, 1280)
     # the verdict banner (FAIL: red, #b3261e) is drawn near the top of the page
-    red = (abs(image[:400, :, 0] - 0xB3) < 12) & (abs(image[:400, :, 1] - 0x26) < 12) & (abs(image[:400, :, 2] - 0x1E) < 12)
+    red = (
+        (abs(image[:400, :, 0] - 0xB3) < 12)
+        & (abs(image[:400, :, 1] - 0x26) < 12)
+        & (abs(image[:400, :, 2] - 0x1E) < 12)
+    )
     assert red.sum() > 20_000
     assert image.std() > 20  # not a blank page
 

@@ -1,4 +1,5 @@
 """Every reproduction script runs in --smoke mode without ../shared/data and returns sane numbers."""
+
 from __future__ import annotations
 
 import importlib
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+pytestmark = pytest.mark.slow  # each trains small models and runs a benchmark script end to end
 
 
 @pytest.fixture

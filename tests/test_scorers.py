@@ -1,14 +1,15 @@
 """The scorers (recon, gradcon, toll, energy) and the gap comparison, on tiny hand-checkable models."""
+
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from helpers import NoSplitNet, gaussian_data, line_data, projection_ae, trained_toy
 from torch import nn
-
-from dataclasses import replace
 
 from aeaudit.audit import prepare, scan
 from aeaudit.config import ScanConfig
@@ -16,11 +17,17 @@ from aeaudit.errors import InputError
 from aeaudit.gaps import _verdict, adaptive_probe_names, compare_scorers
 from aeaudit.model import load_model
 from aeaudit.scorers import SCORERS, make_scorer
-from aeaudit.scorers.gradcon import (REFERENCE_KEY, GradConScorer, decoder_weight_layers, gradcon_score,
-                                     per_sample_grads_func, per_sample_grads_hooks, per_sample_grads_loop)
+from aeaudit.scorers.gradcon import (
+    REFERENCE_KEY,
+    GradConScorer,
+    decoder_weight_layers,
+    gradcon_score,
+    per_sample_grads_func,
+    per_sample_grads_hooks,
+    per_sample_grads_loop,
+)
 from aeaudit.scorers.toll import BETA_KEY
 from aeaudit.zoo import GradConCAE
-from helpers import NoSplitNet, gaussian_data, line_data, projection_ae, trained_toy
 
 
 def adapter_of(module: nn.Module, x: torch.Tensor, extras: dict | None = None):
@@ -121,7 +128,11 @@ def test_energy_never_increases_under_small_plain_steps():
 
 def test_energy_ends_lower_with_adam():
     adapter = adapter_of(trained_toy(), torch.as_tensor(gaussian_data(100)))
-    s = fit(make_scorer("energy", {"optimizer": "adam", "alpha": 0.05, "steps": 20}), adapter, torch.as_tensor(gaussian_data(100)))
+    s = fit(
+        make_scorer("energy", {"optimizer": "adam", "alpha": 0.05, "steps": 20}),
+        adapter,
+        torch.as_tensor(gaussian_data(100)),
+    )
     x = torch.tensor([[3.0, 3.0], [-3.0, 3.0]])
     assert (s.project(x).energy < s.project(x, steps=0).energy).all()
 
@@ -140,9 +151,14 @@ class Conv1dAE(nn.Module):
     def __init__(self):
         super().__init__()
         self.encoder = nn.Sequential(nn.Conv1d(1, 3, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(12, 2))
-        self.decoder = nn.Sequential(nn.Linear(2, 12), nn.Tanh(), nn.Unflatten(1, (3, 4)),
-                                     nn.ConvTranspose1d(3, 2, 4, stride=2, padding=1), nn.Tanh(),
-                                     nn.Conv1d(2, 1, 3, padding=2, dilation=2))
+        self.decoder = nn.Sequential(
+            nn.Linear(2, 12),
+            nn.Tanh(),
+            nn.Unflatten(1, (3, 4)),
+            nn.ConvTranspose1d(3, 2, 4, stride=2, padding=1),
+            nn.Tanh(),
+            nn.Conv1d(2, 1, 3, padding=2, dilation=2),
+        )
 
     def forward(self, x):
         return self.decoder(self.encoder(x))
@@ -204,10 +220,10 @@ def test_gradcon_posthoc_reference_is_the_mean_gradient_and_score_is_differentia
         assert torch.allclose(r, g.mean(dim=0), rtol=1e-6)
     assert s.posthoc
     xr = x.clone().requires_grad_(True)
-    grad_hooks, = torch.autograd.grad(s.score(xr).sum(), xr)
+    (grad_hooks,) = torch.autograd.grad(s.score(xr).sum(), xr)
     s_func = fit(GradConScorer(method="func"), adapter, x)
     xr2 = x.clone().requires_grad_(True)
-    grad_func, = torch.autograd.grad(s_func.score(xr2).sum(), xr2)
+    (grad_func,) = torch.autograd.grad(s_func.score(xr2).sum(), xr2)
     assert grad_hooks.abs().max() > 0
     assert torch.allclose(grad_hooks, grad_func, rtol=1e-6, atol=1e-12)
 
@@ -276,8 +292,16 @@ def test_make_scorer_takes_per_scorer_settings():
 # --------------------------------------------------------------------------- the gap comparison
 def test_comparison_on_a_planted_blind_spot():
     # The projection AE reconstructs the whole first axis exactly: far points along it are blind spots.
-    result = scan(projection_ae(), line_data(200), effort="quick", quiet=True, seed=0, probes=("random",),
-                  scorers=("recon", "toll"), scorer_settings={"adaptive_probes": ["random"]})
+    result = scan(
+        projection_ae(),
+        line_data(200),
+        effort="quick",
+        quiet=True,
+        seed=0,
+        probes=("random",),
+        scorers=("recon", "toll"),
+        scorer_settings={"adaptive_probes": ["random"]},
+    )
     table = {r["scorer"]: r for r in result.scorers["table"]}
     recon = table["recon"]
     assert result.findings and recon["transferred"] == sum(f.x is not None for f in result.findings)

@@ -5,6 +5,7 @@ is also trained on a third, hidden blob between them that the audit never sees. 
 blob reconstructs well and lies far from every normal sample, so a search that works must
 report a verified, far, low-loss finding there.
 """
+
 from __future__ import annotations
 
 import functools
@@ -14,6 +15,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import constant_ae
 
 from aeaudit import scan
 from aeaudit.audit import prepare
@@ -24,10 +26,8 @@ from aeaudit.probes import DEFAULT_PROBES, PROBES, Objective
 from aeaudit.probes.latent_grid import coarse_to_fine
 from aeaudit.zoo import MLPAutoencoder
 
-from helpers import constant_ae
 
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _planted(n_features: int, latent: int, seed: int = 0):
     g = np.random.default_rng(seed)
     basis = np.linalg.qr(g.normal(size=(n_features, latent)))[0]
@@ -104,11 +104,17 @@ def test_pgd_finds_the_planted_blind_spot_in_an_8d_latent():
     for probe in ("pgd-latent", "pgd-input"):
         mine = [f for f in result.findings if f.probe == probe]
         assert mine, f"{probe} found nothing"
-        assert all(f.verified and f.distance >= t["min_distance"] and f.loss <= t["tau_op"] for f in mine
-                   if f.severity != "warning")
+        assert all(
+            f.verified and f.distance >= t["min_distance"] and f.loss <= t["tau_op"]
+            for f in mine
+            if f.severity != "warning"
+        )
         # a warning: more normal than every normal sample, between s and δ from the data
-        assert all(t["scale"] <= f.distance < t["min_distance"] and f.loss <= t["tau_min"] for f in mine
-                   if f.severity == "warning")
+        assert all(
+            t["scale"] <= f.distance < t["min_distance"] and f.loss <= t["tau_min"]
+            for f in mine
+            if f.severity == "warning"
+        )
     art = result.artifacts["pgd-latent"]
     assert art["lowest"]["feasible"] > 0
     # the outward walk goes at least as far as the lowest-loss search, staying at or below τ_op
@@ -118,8 +124,14 @@ def test_pgd_finds_the_planted_blind_spot_in_an_8d_latent():
 
 def test_a_model_without_blind_spots_yields_none_found():
     data = disc_data()
-    result = scan(constant_ae((0.0, 0.0)), data, probes=("grid", "pgd-latent", "pgd-input", "random"), time_limit=None,
-                  scorers=(), quiet=True)
+    result = scan(
+        constant_ae((0.0, 0.0)),
+        data,
+        probes=("grid", "pgd-latent", "pgd-input", "random"),
+        time_limit=None,
+        scorers=(),
+        quiet=True,
+    )
     assert result.status == "complete"
     assert [p["status"] for p in result.probes] == ["complete"] * 4
     assert result.findings == [] and result.verdict.startswith("PASS: nothing at or above the gate")
@@ -141,15 +153,25 @@ def test_searches_minimise_the_given_objective_not_the_loss():
     for objective, expect in ((state.recon_objective(), True), (high, False)):
         probe = PROBES["pgd-latent"](**settings)
         result = probe.run(state.context(objective))
-        low = objective.evaluate(result.candidates.x) <= b.tau_op if len(result.candidates) else torch.zeros(0, dtype=torch.bool)
+        low = (
+            objective.evaluate(result.candidates.x) <= b.tau_op
+            if len(result.candidates)
+            else torch.zeros(0, dtype=torch.bool)
+        )
         assert bool(low.any()) is expect
 
 
 # --------------------------------------------------------------------------- determinism and budget
 def test_same_seed_same_findings():
     model, normal, _ = planted(10, 2)
-    kwargs = dict(probes=("grid", "pgd-latent", "pgd-input", "random"), time_limit=None, scorers=(), quiet=True, seed=3,
-                  probe_settings={"steps": 30, "resolution": 60, "samples": 512})
+    kwargs = dict(
+        probes=("grid", "pgd-latent", "pgd-input", "random"),
+        time_limit=None,
+        scorers=(),
+        quiet=True,
+        seed=3,
+        probe_settings={"steps": 30, "resolution": 60, "samples": 512},
+    )
     a, b = scan(model, normal, **kwargs), scan(model, normal, **kwargs)
     assert len(a.findings) == len(b.findings) > 0
     for fa, fb in zip(a.findings, b.findings):
@@ -161,8 +183,15 @@ def test_same_seed_same_findings():
 def test_a_tiny_time_limit_stops_the_work_and_the_scan_is_inconclusive():
     model, normal, _ = planted(16, 8)
     start = time.perf_counter()
-    result = scan(model, normal, probes=("grid", "pgd-latent", "pgd-input", "random"), time_limit=0.5, scorers=(),
-                  quiet=True, probe_settings={"steps": 10**6, "restarts": 10**6, "samples": 2**20})
+    result = scan(
+        model,
+        normal,
+        probes=("grid", "pgd-latent", "pgd-input", "random"),
+        time_limit=0.5,
+        scorers=(),
+        quiet=True,
+        probe_settings={"steps": 10**6, "restarts": 10**6, "samples": 2**20},
+    )
     elapsed = time.perf_counter() - start
     assert result.status == "incomplete" and "time limit" in result.stopped
     assert all(p["status"] == "incomplete" and "time limit" in p["reason"] for p in result.probes)
@@ -182,8 +211,13 @@ def test_default_probes_include_the_searches():
 def test_nearest_neighbours_equal_a_float64_brute_force():
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(500, 30, generator=g) * 10 + 100  # large norms, where the GEMM identity is imprecise
-    queries = torch.cat([ref[:50] + 1e-3 * torch.randn(50, 30, generator=g),  # near-duplicates
-                         torch.randn(200, 30, generator=g) * 10 + 100, ref[50:60]])
+    queries = torch.cat(
+        [
+            ref[:50] + 1e-3 * torch.randn(50, 30, generator=g),  # near-duplicates
+            torch.randn(200, 30, generator=g) * 10 + 100,
+            ref[50:60],
+        ]
+    )
     d64 = torch.cdist(queries.double(), ref.double())
     nn = NearestNeighbours(ref, chunk_elements=4096)  # several chunks
     dist, idx = nn.query(queries)
@@ -192,8 +226,10 @@ def test_nearest_neighbours_equal_a_float64_brute_force():
     # differentiable: the gradient is the unit vector away from the nearest reference
     q = queries[50:60].double().requires_grad_(True)
     d, i = NearestNeighbours(ref.double()).query(q + 0.5)
-    grad, = torch.autograd.grad(d.sum(), q)
-    np.testing.assert_allclose(grad.numpy(), ((q.detach() + 0.5 - ref.double()[i]) / d.detach()[:, None]).numpy(), rtol=1e-10)
+    (grad,) = torch.autograd.grad(d.sum(), q)
+    np.testing.assert_allclose(
+        grad.numpy(), ((q.detach() + 0.5 - ref.double()[i]) / d.detach()[:, None]).numpy(), rtol=1e-10
+    )
     # float64 reference set (the verifier's): agreement to rounding
     d, i = NearestNeighbours(ref.double()).query(queries.double())
     np.testing.assert_allclose(d.numpy(), d64.min(dim=1).values.numpy(), rtol=1e-12, atol=1e-9)
@@ -214,7 +250,7 @@ def test_shortlisted_distance_is_exact_near_the_listed_points_and_never_below_th
     # differentiable through the chosen reference: the unit vector away from it
     q = queries.clone().requires_grad_(True)
     d = nn.nearest_among(q, listed)
-    grad, = torch.autograd.grad(d.sum(), q)
+    (grad,) = torch.autograd.grad(d.sum(), q)
     nearest = ref[torch.cdist(queries, ref).argmin(dim=1)]
     np.testing.assert_allclose(grad.numpy(), ((queries - nearest) / d.detach()[:, None]).numpy(), rtol=1e-10)
 
@@ -250,8 +286,21 @@ def test_merge_and_rank_collapses_thousands_of_grid_duplicates():
     findings = []
     for k in range(3000):
         x = sites[k % 3] + 0.01 * g.normal(size=2)
-        findings.append(Finding("adversarial", "grid", "high" if k % 3 else "critical", 0.1, 0.5, 1.0, 5.0 + k % 3, 5.0 + k % 3,
-                                True, 0, x=x))
+        findings.append(
+            Finding(
+                "adversarial",
+                "grid",
+                "high" if k % 3 else "critical",
+                0.1,
+                0.5,
+                1.0,
+                5.0 + k % 3,
+                5.0 + k % 3,
+                True,
+                0,
+                x=x,
+            )
+        )
     start = time.perf_counter()
     kept, counts = merge_and_rank(findings, scale=1.0, top_k=2)
     assert time.perf_counter() - start < 20  # the old pairwise loop took minutes at this size
@@ -270,20 +319,35 @@ def test_coarse_to_fine_order_leaves_complete_coarser_grids():
         assert set(zip(rows[:n] % stride, cols[:n] % stride)) == {(0, 0)}
 
 
-@pytest.mark.parametrize("latent, kind, shape, design", [(1, "line", (1, 50), "full grid"),
-                                                         (3, "slice", (30, 30), "full grid + principal"),
-                                                         (5, "slice", (30, 30), "Sobol sample of 1024 points")])
+@pytest.mark.parametrize(
+    "latent, kind, shape, design",
+    [
+        (1, "line", (1, 50), "full grid"),
+        (3, "slice", (30, 30), "full grid + principal"),
+        (5, "slice", (30, 30), "Sobol sample of 1024 points"),
+    ],
+)
 def test_grid_design_follows_the_latent_dimension(latent, kind, shape, design):
     torch.manual_seed(0)
     model = MLPAutoencoder([6, 16, latent, 16, 6], activation="tanh").eval()
     data = np.random.default_rng(0).normal(size=(200, 6)).astype(np.float32)
-    result = scan(model, data, probes=("grid",), time_limit=None, scorers=(), quiet=True,
-                  probe_settings={"resolution": 50, "resolution_3d": 10, "samples": 1000, "slice_resolution": 30})
+    result = scan(
+        model,
+        data,
+        probes=("grid",),
+        time_limit=None,
+        scorers=(),
+        quiet=True,
+        probe_settings={"resolution": 50, "resolution_3d": 10, "samples": 1000, "slice_resolution": 30},
+    )
     art = result.artifacts["grid"]
     lm = art["loss_map"]
     assert result.probes[0]["status"] == "complete" and art["latent_dim"] == latent
     assert lm["kind"] == kind and art["design"].startswith(design)
-    assert np.asarray(lm["losses"], dtype=float).shape == shape and np.isfinite(np.asarray(lm["losses"], dtype=float)).all()
+    assert (
+        np.asarray(lm["losses"], dtype=float).shape == shape
+        and np.isfinite(np.asarray(lm["losses"], dtype=float)).all()
+    )
     assert art["evaluated"] == art["points"] == shape[0] * shape[1] + {1: 0, 3: 1000, 5: 1024}[latent]
     normal = np.asarray(lm["normal"])
     assert normal.shape == (160, 2)  # the reference part of the data, in map coordinates

@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import PROJECTION_ARCH, constant_ae, gaussian_data, line_data, projection_ae, trained_toy
+from test_search import disc_data
 from typer.testing import CliRunner
 
 import aeaudit
@@ -22,8 +24,6 @@ from aeaudit.probes.random_search import RandomSearch
 from aeaudit.report.json_report import to_json
 from aeaudit.scorers import SCORERS, make_scorer
 from aeaudit.verdict import Outcome, decide, exit_code
-from helpers import PROJECTION_ARCH, constant_ae, gaussian_data, line_data, projection_ae, trained_toy
-from test_search import disc_data
 
 
 # --------------------------------------------------------------------------- the outcome rule
@@ -45,8 +45,9 @@ def test_a_far_heldout_normal_row_is_never_reported():
     data = line_data(300)
     _, held = split_indices(len(data), 0.2, 0)
     data[held[0]] = (40.0, 0.0)
-    result = aeaudit.scan(projection_ae(), data, probes=("pgd-input",), scorers=(), device="cpu", quiet=True,
-                          effort="quick")
+    result = aeaudit.scan(
+        projection_ae(), data, probes=("pgd-input",), scorers=(), device="cpu", quiet=True, effort="quick"
+    )
     delta = result.thresholds["min_distance"]
     for f in result.findings:
         if f.x is not None:
@@ -70,8 +71,16 @@ class NaNFarAway(torch.nn.Module):
 
 
 def test_non_finite_outputs_are_critical_findings():
-    result = aeaudit.scan(NaNFarAway(), line_data(200), probes=("random",), scorers=(), device="cpu", quiet=True,
-                          bounds="-20,20", effort="quick")
+    result = aeaudit.scan(
+        NaNFarAway(),
+        line_data(200),
+        probes=("random",),
+        scorers=(),
+        device="cpu",
+        quiet=True,
+        bounds="-20,20",
+        effort="quick",
+    )
     odd = [f for f in result.findings if f.kind == "non-finite"]
     assert odd and all(f.severity == "critical" and f.verified for f in odd)
     assert all(f.details["non_finite"] == "output" and not np.isfinite(f.loss) for f in odd)
@@ -88,8 +97,14 @@ def test_negative_thresholds_keep_valid_candidates():
     cands = Candidates(x=far, probe="test")
     screened, _ = prefilter(cands, state.adapter, state.baseline, lambda x: torch.full((len(x),), -0.6), -0.5)
     assert len(screened) == 2  # -0.6 ≤ τ = -0.5: both are blind spots of that score
-    found = verify(screened, state.verifier, objective="neg", score_fn64=lambda x: torch.full((len(x),), -0.6),
-                   tau_min=-0.55, tau_op=-0.5)
+    found = verify(
+        screened,
+        state.verifier,
+        objective="neg",
+        score_fn64=lambda x: torch.full((len(x),), -0.6),
+        tau_min=-0.55,
+        tau_op=-0.5,
+    )
     assert [f.severity for f in found] == ["critical", "critical"]  # -0.6 ≤ τ_min = -0.55
     ctx = state.context(state.recon_objective())
     ctx.objective = type(ctx.objective)("neg", lambda x: torch.full((len(x),), -0.6), -0.7, -0.5)
@@ -156,16 +171,39 @@ def test_a_probe_crash_is_one_line_on_stderr_and_whole_in_the_report(tmp_path, m
     model, data = tmp_path / "m.pt", tmp_path / "d.npy"
     torch.jit.save(torch.jit.script(constant_ae()), str(model))
     np.save(data, gaussian_data(100))
-    result = CliRunner().invoke(app, ["scan", str(model), "--data", str(data), "--probes", "random", "--scorers", "",
-                                      "--device", "cpu", "-o", str(tmp_path / "o"), "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "scan",
+            str(model),
+            "--data",
+            str(data),
+            "--probes",
+            "random",
+            "--scorers",
+            "",
+            "--device",
+            "cpu",
+            "-o",
+            str(tmp_path / "o"),
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 3
     assert "boom deep inside" not in result.stderr and result.stderr.count("\n") <= 1
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["outcome"] == "ERROR" and "boom deep inside" in report["probes"][0]["details"]
 
 
-@pytest.mark.parametrize("content", ["[1, 2]", '{"schema_version": "2.0", "verdict": 3}',
-                                     '{"schema_version": "2.0", "verdict": "x", "status": "complete"}', "{not json"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[1, 2]",
+        '{"schema_version": "2.0", "verdict": 3}',
+        '{"schema_version": "2.0", "verdict": "x", "status": "complete"}',
+        "{not json",
+    ],
+)
 def test_report_on_a_malformed_report_json_exits_2(tmp_path, content):
     path = tmp_path / "report.json"
     path.write_text(content)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import torch
@@ -173,7 +173,9 @@ class AutoencoderAdapter:
         return self.loss_of_residual(xm - rec), self.to_data_space(rec)
 
     @torch.no_grad()
-    def batched(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    def batched(
+        self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 1024
+    ) -> torch.Tensor:
         """Apply ``fn`` to ``x`` in batches on the adapter's device; results on that device."""
         outs = []
         for i in range(0, x.shape[0], batch_size):

@@ -1,4 +1,5 @@
 """Architectures for state_dicts: the built-in ``mlp:`` spec or the user's own factory (``--arch``)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -53,8 +54,9 @@ def build_architecture(spec: str, activation: str = "relu", output_activation: s
     try:
         model = factory()
     except Exception as exc:
-        raise InputError(f"--arch {spec}: {factory_name}() failed ({one_line(exc)}); it must build the model "
-                         "with no arguments") from None
+        raise InputError(
+            f"--arch {spec}: {factory_name}() failed ({one_line(exc)}); it must build the model with no arguments"
+        ) from None
     if not isinstance(model, nn.Module):
         raise InputError(f"--arch {spec}: {factory_name}() returned {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -4,6 +4,7 @@ format needs to run as a module (fixed-batch exports, PyOD detectors, VAE mean p
 Safety rule: nothing is unpickled with arbitrary globals unless the caller passes
 ``trust=True``. Plain state dicts load with ``torch.load(weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import io
@@ -40,7 +41,8 @@ def read_checkpoint(path: Path, trust: bool) -> tuple[Any, str]:
         elif not trust:
             raise UntrustedCheckpointError(
                 f"{src}: refusing to load: a torch.export archive in the layout of torch < 2.8, whose weights torch "
-                f"unpickles with weights_only=False; re-save it with torch.export.save of torch >= 2.8, or {TRUST_HINT}")
+                f"unpickles with weights_only=False; re-save it with torch.export.save of torch >= 2.8, or {TRUST_HINT}"
+            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -67,13 +69,16 @@ def read_checkpoint(path: Path, trust: bool) -> tuple[Any, str]:
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), "state_dict"
     except Exception as exc:  # UnpicklingError: objects beyond tensors, refused below unless trusted
         if view is None and not looks_like_pickle(data):
-            raise InputError(f"{src}: not a checkpoint aeaudit can read ({one_line(exc)}); expected TorchScript, "
-                             ".pt2, ONNX, safetensors, a torch.save'd state_dict or a pickled model") from None
+            raise InputError(
+                f"{src}: not a checkpoint aeaudit can read ({one_line(exc)}); expected TorchScript, "
+                ".pt2, ONNX, safetensors, a torch.save'd state_dict or a pickled model"
+            ) from None
         safe_error = exc
     if not trust:
         raise UntrustedCheckpointError(
             f"{src}: refusing to load: this checkpoint holds pickled Python objects and unpickling can run "
-            f"arbitrary code; {TRUST_HINT}")
+            f"arbitrary code; {TRUST_HINT}"
+        )
     log.warning("unpickling %s with full trust (--trust-checkpoint)", path)
     try:
         return pyod_envelope(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)), "pickle"
@@ -110,7 +115,8 @@ def find_state_dict(obj: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
             return inner, extras
     raise InputError(
         "checkpoint dict holds no state_dict: looked for a flat name→tensor dict and under the keys "
-        f"{', '.join(STATE_DICT_KEYS)}; found keys {', '.join(map(str, list(obj)[:8]))}")
+        f"{', '.join(STATE_DICT_KEYS)}; found keys {', '.join(map(str, list(obj)[:8]))}"
+    )
 
 
 def module_key(obj: dict) -> str | None:
@@ -166,7 +172,9 @@ def torchscript_extras(path: Path) -> dict[str, Any]:
     try:
         extras = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"{path}: unreadable {TORCHSCRIPT_EXTRAS} inside the TorchScript archive ({one_line(exc)})") from None
+        raise InputError(
+            f"{path}: unreadable {TORCHSCRIPT_EXTRAS} inside the TorchScript archive ({one_line(exc)})"
+        ) from None
     return extras if isinstance(extras, dict) else {}
 
 
@@ -207,6 +215,7 @@ def from_pyod(det: Any) -> tuple[nn.Module, Standardizer | None, str]:
         model = MeanPath(model)
     preprocess = None
     if getattr(det, "preprocessing", False) and getattr(det, "X_mean", None) is not None:
-        preprocess = Standardizer(torch.as_tensor(det.X_mean, dtype=torch.float32),
-                                  torch.as_tensor(det.X_std, dtype=torch.float32))
+        preprocess = Standardizer(
+            torch.as_tensor(det.X_mean, dtype=torch.float32), torch.as_tensor(det.X_std, dtype=torch.float32)
+        )
     return model, preprocess, f"pyod.{name}"

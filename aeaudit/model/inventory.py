@@ -3,6 +3,7 @@
 The layer inventory is read from what is really there — the module tree and, where it can
 be traced, the functional calls of ``forward`` — never from class names alone.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -14,24 +15,117 @@ from torch import nn
 
 # Operations that keep a network piecewise linear (affine on polyhedral cells).
 PIECEWISE_LINEAR_OPS = {
-    "Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
-    "ReLU", "LeakyReLU", "PReLU", "ReLU6", "Hardtanh", "MaxPool1d", "MaxPool2d", "MaxPool3d",
-    "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
-    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "Flatten", "Unflatten", "Identity", "Dropout", "Dropout1d",
-    "Dropout2d", "Upsample", "ZeroPad2d", "ConstantPad2d", "Sequential", "ModuleList",
+    "Linear",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "ReLU",
+    "LeakyReLU",
+    "PReLU",
+    "ReLU6",
+    "Hardtanh",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "Flatten",
+    "Unflatten",
+    "Identity",
+    "Dropout",
+    "Dropout1d",
+    "Dropout2d",
+    "Upsample",
+    "ZeroPad2d",
+    "ConstantPad2d",
+    "Sequential",
+    "ModuleList",
     # functional / aten spellings
-    "relu", "relu_", "leaky_relu", "linear", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
-    "max_pool2d", "max_pool1d", "avg_pool2d", "batch_norm", "flatten", "view", "reshape", "add", "sub",
-    "mul", "cat", "hardtanh", "dropout", "addmm", "mm", "matmul", "permute", "transpose", "unflatten",
-    "t", "convolution", "squeeze", "unsqueeze", "contiguous", "size", "getitem", "neg", "clone",
-    "max_pool2d_with_indices", "_native_batch_norm_legit_no_training", "expand", "alias",
+    "relu",
+    "relu_",
+    "leaky_relu",
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "max_pool2d",
+    "max_pool1d",
+    "avg_pool2d",
+    "batch_norm",
+    "flatten",
+    "view",
+    "reshape",
+    "add",
+    "sub",
+    "mul",
+    "cat",
+    "hardtanh",
+    "dropout",
+    "addmm",
+    "mm",
+    "matmul",
+    "permute",
+    "transpose",
+    "unflatten",
+    "t",
+    "convolution",
+    "squeeze",
+    "unsqueeze",
+    "contiguous",
+    "size",
+    "getitem",
+    "neg",
+    "clone",
+    "max_pool2d_with_indices",
+    "_native_batch_norm_legit_no_training",
+    "expand",
+    "alias",
 }
 SMOOTH_ACTIVATIONS = {
-    "Sigmoid", "Tanh", "GELU", "SiLU", "ELU", "SELU", "CELU", "Softplus", "Mish", "LogSigmoid", "Softsign",
-    "sigmoid", "tanh", "gelu", "silu", "elu", "selu", "softplus", "mish", "exp", "log",
+    "Sigmoid",
+    "Tanh",
+    "GELU",
+    "SiLU",
+    "ELU",
+    "SELU",
+    "CELU",
+    "Softplus",
+    "Mish",
+    "LogSigmoid",
+    "Softsign",
+    "sigmoid",
+    "tanh",
+    "gelu",
+    "silu",
+    "elu",
+    "selu",
+    "softplus",
+    "mish",
+    "exp",
+    "log",
 }
 ACTIVATION_NAMES = {
-    "ReLU", "LeakyReLU", "PReLU", "ReLU6", "Hardtanh", "relu", "relu_", "leaky_relu", "hardtanh", "prelu",
+    "ReLU",
+    "LeakyReLU",
+    "PReLU",
+    "ReLU6",
+    "Hardtanh",
+    "relu",
+    "relu_",
+    "leaky_relu",
+    "hardtanh",
+    "prelu",
 } | SMOOTH_ACTIVATIONS
 CONTAINERS = {"Sequential", "ModuleList", "ModuleDict"}
 
@@ -116,8 +210,9 @@ def _graph_counts(graph: torch.fx.Graph) -> dict[str, int]:
 def describe(module: nn.Module, fmt: str, source: str = "") -> ModelCard:
     counts, inv_source, functional = inventory(module)
     ops = set(counts) | functional
-    unknown = sorted(op for op in ops if op not in PIECEWISE_LINEAR_OPS and op not in SMOOTH_ACTIVATIONS
-                     and op not in CONTAINERS)
+    unknown = sorted(
+        op for op in ops if op not in PIECEWISE_LINEAR_OPS and op not in SMOOTH_ACTIVATIONS and op not in CONTAINERS
+    )
     activations = sorted(op for op in ops if op in ACTIVATION_NAMES)
     smooth = any(op in SMOOTH_ACTIVATIONS for op in ops)
     n_params = sum(p.numel() for p in module.parameters())

@@ -132,11 +132,14 @@ def _from_checkpoint(obj: Any, fmt: str, src: str, options: LoadOptions) -> RawM
         return RawModel(module, fmt, src, input_hint=hint, notes=[note] if note else [])
     if fmt == "torch.export":
         program, hint, batch = export_signature(obj, src)
-        raw = RawModel(program if batch is None else FixedBatch(program, batch), fmt, src, input_hint=hint,
-                       program=program)
+        raw = RawModel(
+            program if batch is None else FixedBatch(program, batch), fmt, src, input_hint=hint, program=program
+        )
         if batch is not None:
-            raw.notes.append(f"exported with a fixed batch size of {batch}: run in padded chunks of that size; "
-                             "export with a dynamic batch dimension for speed")
+            raw.notes.append(
+                f"exported with a fixed batch size of {batch}: run in padded chunks of that size; "
+                "export with a dynamic batch dimension for speed"
+            )
         return raw
     if isinstance(obj, dict) and (key := module_key(obj)) is not None:  # trusted {"model": nn.Module, ...}
         return RawModel(obj[key], "pickled nn.Module", src, extras={k: v for k, v in obj.items() if k != key})
@@ -158,8 +161,10 @@ def _from_checkpoint(obj: Any, fmt: str, src: str, options: LoadOptions) -> RawM
         module, preprocess, name = from_pyod(obj)
         raw = RawModel(module, name, src, preprocess=preprocess, loss_kind="pyod")
         if isinstance(module, MeanPath):
-            raw.notes.append("PyOD's decision_function samples the latent code; aeaudit scores this VAE at "
-                             "the mean code, PyOD's distance without the sampling noise")
+            raw.notes.append(
+                "PyOD's decision_function samples the latent code; aeaudit scores this VAE at "
+                "the mean code, PyOD's distance without the sampling noise"
+            )
         return raw
     if isinstance(obj, nn.Module):
         return RawModel(obj, fmt if fmt != "pickle" else "pickled nn.Module", src)
@@ -173,7 +178,11 @@ def _find_split(module: nn.Module, options: LoadOptions, fmt: str) -> tuple[str 
                 "--encoder/--decoder: a torch.export program keeps only forward(); save the model as "
                 "TorchScript or as a state_dict with --arch to name its encoder and decoder"
             )
-        return None, None, "torch.export programs keep only forward(); latent checks need TorchScript or a state_dict with --arch"
+        return (
+            None,
+            None,
+            "torch.export programs keep only forward(); latent checks need TorchScript or a state_dict with --arch",
+        )
     if options.encoder or options.decoder:
         if not (options.encoder and options.decoder):
             raise InputError("give both --encoder and --decoder, or neither")
@@ -217,9 +226,17 @@ def bind(raw: RawModel, data: np.ndarray, options: LoadOptions) -> tuple[Autoenc
     card.notes.extend(raw.notes)
     card.differentiable = getattr(raw.module, "differentiable", True)
     card.sha256, card.device, card.dtype = raw.sha256, str(_device(raw.module)), str(dtype).replace("torch.", "")
-    adapter = AutoencoderAdapter(module=raw.module, input_shape=tuple(shape), card=card, encoder_path=enc_path,
-                                 decoder_path=dec_path, preprocess=preprocess, split_reason=reason,
-                                 loss_kind=raw.loss_kind, checkpoint_extras=raw.extras)
+    adapter = AutoencoderAdapter(
+        module=raw.module,
+        input_shape=tuple(shape),
+        card=card,
+        encoder_path=enc_path,
+        decoder_path=dec_path,
+        preprocess=preprocess,
+        split_reason=reason,
+        loss_kind=raw.loss_kind,
+        checkpoint_extras=raw.extras,
+    )
     return settle(adapter, torch.as_tensor(np.array(data[:2]))), data
 
 
@@ -232,12 +249,15 @@ def _check_range(data: np.ndarray, dtype: torch.dtype) -> None:
     if dtype == torch.float32 and np.issubdtype(data.dtype, np.floating) and np.finfo(data.dtype).max > FLOAT32_MAX:
         peak = float(np.max(np.abs(data[: min(len(data), 100_000)])))
         if peak > FLOAT32_MAX:
-            raise InputError(f"normal data holds values up to {peak:.3g}, beyond float32's range ({FLOAT32_MAX:.3g}) "
-                             "that the model computes in; rescale the data the way the model was trained")
+            raise InputError(
+                f"normal data holds values up to {peak:.3g}, beyond float32's range ({FLOAT32_MAX:.3g}) "
+                "that the model computes in; rescale the data the way the model was trained"
+            )
 
 
-def open_model(source: str | Path | nn.Module | AutoencoderAdapter, data: np.ndarray,
-               options: LoadOptions) -> tuple[AutoencoderAdapter, np.ndarray]:
+def open_model(
+    source: str | Path | nn.Module | AutoencoderAdapter, data: np.ndarray, options: LoadOptions
+) -> tuple[AutoencoderAdapter, np.ndarray]:
     """The one entry point of the commands: a finished adapter for ``source`` and ``data`` shaped to
     its input. An adapter passed in is already finished; only the data is shaped."""
     if isinstance(source, AutoencoderAdapter):
@@ -246,8 +266,14 @@ def open_model(source: str | Path | nn.Module | AutoencoderAdapter, data: np.nda
     return bind(read_model(source, options), data, options)
 
 
-def load_model(source: str | Path | nn.Module, data: Any = None, options: LoadOptions | None = None, *,
-               data_key: str | None = None, **overrides: Any) -> AutoencoderAdapter:
+def load_model(
+    source: str | Path | nn.Module,
+    data: Any = None,
+    options: LoadOptions | None = None,
+    *,
+    data_key: str | None = None,
+    **overrides: Any,
+) -> AutoencoderAdapter:
     """Load any supported autoencoder as a finished :class:`AutoencoderAdapter`.
 
     ``source``: a path (TorchScript, ``.pt2``, a state_dict checkpoint with ``arch``, a pickled module
@@ -266,7 +292,9 @@ def load_model(source: str | Path | nn.Module, data: Any = None, options: LoadOp
     if data is None:
         shape = options.input_shape or raw.input_hint or guess_input_shape(raw.module)
         if shape is None:
-            raise InputError("load_model: the model declares no input shape; pass data= (normal samples) or input_shape=")
+            raise InputError(
+                "load_model: the model declares no input shape; pass data= (normal samples) or input_shape="
+            )
         arr = np.zeros((2, *shape), dtype=np.float32)
     else:
         arr = load_data(data, key=data_key, what="normal data")

@@ -17,21 +17,39 @@ the measurement (``unbounded_tolerance``), so that no finite reach can be told f
 a slope of a few float32 ulps is a finite reach, however far. The result is one ``certificate``
 finding for the blind subspace.
 """
+
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.linalg
 import torch
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 from ..verdict import SEVERITY_RANK
-from .analytic import (CERTIFY_FROM_RATIO, EXAMPLE_RATIO, affinity_test, box_exit, certificate, extreme_rows,
-                       feature_scale, fit_pca, flat, float64_verifier, growth_exponent, inside, quadratic_reach,
-                       ratio_grid, normal_flat, round_list, slope_tolerance, start_shift_limit, unflat)
+from .analytic import (
+    CERTIFY_FROM_RATIO,
+    EXAMPLE_RATIO,
+    affinity_test,
+    box_exit,
+    certificate,
+    extreme_rows,
+    feature_scale,
+    fit_pca,
+    flat,
+    float64_verifier,
+    growth_exponent,
+    inside,
+    normal_flat,
+    quadratic_reach,
+    ratio_grid,
+    round_list,
+    slope_tolerance,
+    start_shift_limit,
+    unflat,
+)
 from .base import Probe, ProbeContext, ProbeResult, check_counts
 
 
@@ -61,16 +79,25 @@ class AffineCheck(Probe):
     def _run(self, ctx: ProbeContext) -> ProbeResult:
         b, n = ctx.baseline, ctx.adapter.n_features
         if n > self.max_features:
-            return ProbeResult(self.name, self.kind, status="skipped", reason=(
-                f"{n} input features > max_features {self.max_features}: dense Jacobian too large"))
+            return ProbeResult(
+                self.name,
+                self.kind,
+                status="skipped",
+                reason=(f"{n} input features > max_features {self.max_features}: dense Jacobian too large"),
+            )
         verifier = float64_verifier(ctx)
         model = verifier.adapter
         ref = normal_flat(ctx)
         affine, dev, tol, evals = affinity_test(model, ref, b.scale, ctx.generator(salt=301), self.affine_trials)
         artifacts = {"affine": affine, "max_relative_deviation": dev, "tolerance": tol}
         if not affine:
-            return ProbeResult(self.name, self.kind, evaluations=evals, artifacts=artifacts,
-                               reason=f"not affine (relative deviation {dev:.2g} > {tol:.1g}); see far-field")
+            return ProbeResult(
+                self.name,
+                self.kind,
+                evaluations=evals,
+                artifacts=artifacts,
+                reason=f"not affine (relative deviation {dev:.2g} > {tol:.1g}); see far-field",
+            )
         if (stopped := ctx.stop.reason()) is not None:
             return ProbeResult(self.name, self.kind, evaluations=evals, artifacts=artifacts).stopped(stopped)
         with ctx.reporter.task("affine check", total=3) as bar:
@@ -82,8 +109,14 @@ class AffineCheck(Probe):
             bar.advance(2)
         artifacts.update(summary)
         reason = summary.pop("reason", "")
-        return ProbeResult(self.name, self.kind, findings=[finding] if finding else [], evaluations=evals,
-                           artifacts=artifacts, reason=reason)
+        return ProbeResult(
+            self.name,
+            self.kind,
+            findings=[finding] if finding else [],
+            evaluations=evals,
+            artifacts=artifacts,
+            reason=reason,
+        )
 
     @staticmethod
     def _extract(model, centre: torch.Tensor, step: float) -> tuple[np.ndarray, np.ndarray]:
@@ -112,13 +145,15 @@ class AffineCheck(Probe):
             summary["reason"] = "affine; no direction keeps the loss ≤ τ_op out to δ (offset or growth)"
             summary["eigenvalues_near_1"] = _near_one(eig, 3)
             return None, summary, 0
-        summary.update({
-            "blind_dimension": len(blind),
-            "eigenvalues_near_1": _near_one(eig, len(blind)),
-            "principal_angles_to_pca_deg": self._angles(ctx, ref, D, rays["V"][blind].numpy().T),
-            "pca_components": _pca_size(adapter, len(blind)),
-            "offset_condition": bool(adapter.loss_from_sq(rays["floor"][blind].min()) <= b.tau_min),
-        })
+        summary.update(
+            {
+                "blind_dimension": len(blind),
+                "eigenvalues_near_1": _near_one(eig, len(blind)),
+                "principal_angles_to_pca_deg": self._angles(ctx, ref, D, rays["V"][blind].numpy().T),
+                "pca_components": _pca_size(adapter, len(blind)),
+                "offset_condition": bool(adapter.loss_from_sq(rays["floor"][blind].min()) <= b.tau_min),
+            }
+        )
         shown = blind[: self.max_directions]
         loss, dist, nn_idx, rec, pts, rows, ts, tags = self._measure(b, adapter, verifier, rays, shown, tol_unb)
         directions, best = [], None
@@ -135,15 +170,27 @@ class AffineCheck(Probe):
             summary["reason"] = f"affine; blind subspace of dimension {len(blind)} but no verified point reached δ"
             return None, summary, len(pts)
         _, primary, (j, sev) = best
-        details = {key: summary[key] for key in ("blind_dimension", "unbounded_dimension", "eigenvalues_near_1",
-                                                  "principal_angles_to_pca_deg", "pca_components", "offset_condition")}
+        details = {
+            key: summary[key]
+            for key in (
+                "blind_dimension",
+                "unbounded_dimension",
+                "eigenvalues_near_1",
+                "principal_angles_to_pca_deg",
+                "pca_components",
+                "offset_condition",
+            )
+        }
         details.update({key: val for key, val in primary.items() if key != "example"})
         if b.domain.bounded:
             details["domain"] = f"bounded {b.domain.reason}: rays end at the box edge, no unbounded claim"
         x = pts[j].reshape(adapter.input_shape).numpy()
         finding = certificate(verifier, self.name, sev, loss[j], dist[j], nn_idx[j], x, rec[j], details)
-        reach = ("unbounded (slope zero to float64 precision)" if primary["unbounded"] else
-                 f"verified out to {primary['blind_distance_ratio']:.3g}·s" + _extrapolated(primary))
+        reach = (
+            "unbounded (slope zero to float64 precision)"
+            if primary["unbounded"]
+            else f"verified out to {primary['blind_distance_ratio']:.3g}·s" + _extrapolated(primary)
+        )
         summary["reason"] = f"affine; blind subspace of dimension {len(blind)}, {reach}"
         return finding, summary, len(pts)
 
@@ -222,25 +269,46 @@ def _closed_form(b, adapter, ref: np.ndarray, R: np.ndarray, r0: np.ndarray) -> 
     pick = np.where(reach[k:] > reach[:k], np.arange(k) + k, np.arange(k))  # the better sign per direction
     blind = pick[reach[pick] >= b.min_distance]
     blind = blind[np.lexsort((sig[blind], -reach[blind]))]
-    return {"S": S, "sigma": sig, "V": V_t, "base": base, "floor": floor, "t_op": t_op, "t_min": t_min,
-            "t_edge": t_edge, "blind": blind}
+    return {
+        "S": S,
+        "sigma": sig,
+        "V": V_t,
+        "base": base,
+        "floor": floor,
+        "t_op": t_op,
+        "t_min": t_min,
+        "t_edge": t_edge,
+        "blind": blind,
+    }
 
 
-def _direction_summary(b, adapter, rays: dict, i: int, tol_unb: float, sel: np.ndarray, ts: np.ndarray,
-                       tags: np.ndarray, loss: np.ndarray, dist: np.ndarray) -> tuple[dict, tuple | None]:
+def _direction_summary(
+    b,
+    adapter,
+    rays: dict,
+    i: int,
+    tol_unb: float,
+    sel: np.ndarray,
+    ts: np.ndarray,
+    tags: np.ndarray,
+    loss: np.ndarray,
+    dist: np.ndarray,
+) -> tuple[dict, tuple | None]:
     """What one blind ray's measurements show; with ``(index, severity)`` of its best example point."""
     series = sel & (tags == "series")
     far = series & (ts >= CERTIFY_FROM_RATIO * b.scale)
-    unbounded = bool(rays["sigma"][i] <= tol_unb and not b.domain.bounded and far.any()
-                     and (loss[far] <= b.tau_op).all())
+    unbounded = bool(
+        rays["sigma"][i] <= tol_unb and not b.domain.bounded and far.any() and (loss[far] <= b.tau_op).all()
+    )
     low = sel & (loss <= b.tau_op)
     t_op = math.inf if unbounded else _finite(rays["t_op"][i])
     t_min = math.inf if unbounded else _finite(rays["t_min"][i])
     blind = float(dist[low].max()) if low.any() else 0.0
     info = {
         "unbounded": unbounded,
-        "unbounded_basis": (f"residual slope {rays['sigma'][i]:.3g} ≤ float64 measurement tolerance {tol_unb:.3g}"
-                            if unbounded else ""),
+        "unbounded_basis": (
+            f"residual slope {rays['sigma'][i]:.3g} ≤ float64 measurement tolerance {tol_unb:.3g}" if unbounded else ""
+        ),
         "within_tau_min": bool(unbounded and (loss[far] <= b.tau_min).all()),
         "residual_slope": float(rays["sigma"][i]),
         "offset_loss": float(adapter.loss_from_sq(rays["floor"][i])),

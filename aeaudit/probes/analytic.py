@@ -5,6 +5,7 @@ space (``x_m`` is ``x`` after the model's preprocessing), flattened to ``n`` fea
 loss is ``||r||²/n`` (MSE) or ``||r||`` (PyOD), so a loss threshold is a threshold on ``||r||²``.
 Everything here works on flattened float64 tensors on the CPU unless a docstring says otherwise.
 """
+
 from __future__ import annotations
 
 import math
@@ -169,8 +170,9 @@ def growth_exponent(t: np.ndarray, loss: np.ndarray, tau: float, decades: float 
     return float(slope)
 
 
-def affinity_test(adapter: AutoencoderAdapter, reference: torch.Tensor, scale: float, generator: torch.Generator,
-                  trials: int = 16) -> tuple[bool, float, float, int]:
+def affinity_test(
+    adapter: AutoencoderAdapter, reference: torch.Tensor, scale: float, generator: torch.Generator, trials: int = 16
+) -> tuple[bool, float, float, int]:
     """Is ``f`` affine? Checks ``f(αx+βy) − αf(x) − βf(y) − (1−α−β)f(0) = 0`` on normal points,
     points 10³·s out and points 10⁶·s out, with random ``α, β`` in [−2, 2].
 
@@ -200,23 +202,45 @@ def affinity_test(adapter: AutoencoderAdapter, reference: torch.Tensor, scale: f
     out = flat(out).to("cpu", torch.float64)
     fx, fy, fz, f0 = out[:trials], out[trials : 2 * trials], out[2 * trials : 3 * trials], out[-1:]
     dev = (fz - a * fx - b * fy - c * f0).norm(dim=1)
-    size = (fz.norm(dim=1) + a.abs()[:, 0] * fx.norm(dim=1) + b.abs()[:, 0] * fy.norm(dim=1)
-            + c.abs()[:, 0] * f0.norm(dim=1))
+    size = (
+        fz.norm(dim=1)
+        + a.abs()[:, 0] * fx.norm(dim=1)
+        + b.abs()[:, 0] * fy.norm(dim=1)
+        + c.abs()[:, 0] * f0.norm(dim=1)
+    )
     rel = float((dev / size.clamp_min(np.finfo(np.float64).tiny)).max())
     tol = math.sqrt(dtype_eps(adapter.dtype))
     return bool(math.isfinite(rel) and rel <= tol), rel, tol, int(pts.shape[0])
 
 
-def certificate(verifier: Verifier, probe: str, severity: str, loss: float, distance: float, nearest: int,
-                x: np.ndarray, reconstruction: np.ndarray, details: dict) -> Finding:
+def certificate(
+    verifier: Verifier,
+    probe: str,
+    severity: str,
+    loss: float,
+    distance: float,
+    nearest: int,
+    x: np.ndarray,
+    reconstruction: np.ndarray,
+    details: dict,
+) -> Finding:
     """A verified ``certificate`` finding from float64 measurements (``nearest``: the verifier's index
     of the nearest normal sample)."""
     b = verifier.baseline
     return Finding(
-        kind="certificate", probe=probe, severity=severity, loss=float(loss), loss_ratio=float(loss / b.tau_op),
-        loss_ratio_min=float(loss / b.tau_min) if b.tau_min > 0 else math.inf, distance=float(distance),
-        distance_ratio=float(distance / b.scale), verified=True, nearest_index=verifier.data_row(int(nearest)),
-        x=x, reconstruction=reconstruction, details=details,
+        kind="certificate",
+        probe=probe,
+        severity=severity,
+        loss=float(loss),
+        loss_ratio=float(loss / b.tau_op),
+        loss_ratio_min=float(loss / b.tau_min) if b.tau_min > 0 else math.inf,
+        distance=float(distance),
+        distance_ratio=float(distance / b.scale),
+        verified=True,
+        nearest_index=verifier.data_row(int(nearest)),
+        x=x,
+        reconstruction=reconstruction,
+        details=details,
     )
 
 

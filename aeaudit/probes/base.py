@@ -16,8 +16,9 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -89,9 +90,16 @@ class ProbeResult:
         return self
 
     def summary(self) -> dict[str, Any]:
-        out = {"probe": self.probe, "kind": self.kind, "status": self.status, "reason": self.reason,
-               "evaluations": self.evaluations, "seconds": round(self.seconds, 3), "params": self.params,
-               "candidates": len(self.candidates) if self.candidates is not None else 0}
+        out = {
+            "probe": self.probe,
+            "kind": self.kind,
+            "status": self.status,
+            "reason": self.reason,
+            "evaluations": self.evaluations,
+            "seconds": round(self.seconds, 3),
+            "params": self.params,
+            "candidates": len(self.candidates) if self.candidates is not None else 0,
+        }
         if self.details:
             out["details"] = self.details
         return out
@@ -147,7 +155,11 @@ def require(ok: bool, probe: str, message: str) -> None:
 def check_counts(probe: Probe, *names: str, minimum: int = 1) -> None:
     for name in names:
         value = getattr(probe, name)
-        require(isinstance(value, int) and value >= minimum, probe.name, f"{name} = {value!r} must be an integer ≥ {minimum}")
+        require(
+            isinstance(value, int) and value >= minimum,
+            probe.name,
+            f"{name} = {value!r} must be an integer ≥ {minimum}",
+        )
 
 
 def check_positive(probe: Probe, *names: str) -> None:

@@ -18,22 +18,39 @@ float64 precision of the measurement, and its loss stays ≤ ``τ_op`` at every 
 ``10·s`` on. Networks with smooth activations get the same measurements as evidence, without a
 certificate; their low-loss points go to the audit as ordinary candidates.
 """
+
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 from ..findings import Candidates, Finding
 from ..model.inventory import SMOOTH_ACTIVATIONS
-from .analytic import (CERTIFY_FROM_RATIO, EXAMPLE_RATIO, affinity_test, box_exit, certificate, dtype_eps,
-                       feature_scale, fit_pca, flat, float64_verifier, growth_exponent, model_residual,
-                       quadratic_reach, ratio_grid, normal_flat, round_list, slope_tolerance, start_shift_limit,
-                       unflat)
+from .analytic import (
+    CERTIFY_FROM_RATIO,
+    EXAMPLE_RATIO,
+    affinity_test,
+    box_exit,
+    certificate,
+    dtype_eps,
+    feature_scale,
+    fit_pca,
+    flat,
+    float64_verifier,
+    growth_exponent,
+    model_residual,
+    normal_flat,
+    quadratic_reach,
+    ratio_grid,
+    round_list,
+    slope_tolerance,
+    start_shift_limit,
+    unflat,
+)
 from .base import Probe, ProbeContext, ProbeResult, check_counts, check_positive
 
 SPHERE_RATIO = 1e4  # the sphere objective is measured 10⁴·s out, beyond where units still switch
@@ -98,8 +115,13 @@ class FarField(Probe):
         ref = normal_flat(ctx)
         affine, _, _, evals = affinity_test(verifier.adapter, ref, b.scale, ctx.generator(salt=401), self.affine_trials)
         if affine:
-            return ProbeResult(self.name, self.kind, status="skipped", evaluations=evals,
-                               reason="the model is affine: the affine check analyses it exactly")
+            return ProbeResult(
+                self.name,
+                self.kind,
+                status="skipped",
+                evaluations=evals,
+                reason="the model is affine: the affine check analyses it exactly",
+            )
         smooth = smooth_ops(adapter.card)
         x0 = ref.mean(dim=0)
         with ctx.reporter.task("far-field rays", total=self.sphere_steps + 1) as bar:
@@ -124,27 +146,45 @@ class FarField(Probe):
         exps = [r["growth_exponent"] for r in summaries if r["growth_exponent"] is not None]
         med = f"median growth exponent {np.median(exps):.2f}" if exps else "no growth exponent (bounded domain)"
         if smooth:
-            reason = (f"smooth activations ({', '.join(smooth)}): no far-field certificate applies; "
-                      f"{len(summaries)} rays, {med} (evidence only)")
+            reason = (
+                f"smooth activations ({', '.join(smooth)}): no far-field certificate applies; "
+                f"{len(summaries)} rays, {med} (evidence only)"
+            )
         else:
             n_unb = sum(r["unbounded"] for r in summaries)
             n_far = sum(r["blind_distance"] >= b.min_distance for r in summaries)
             reason = f"{len(summaries)} rays: {n_unb} unbounded blind, {n_far} blind beyond δ; {med}"
         notes = []
         if adapter.card.unknown_ops and not smooth:
-            notes.append(f"operations aeaudit does not classify ({', '.join(adapter.card.unknown_ops)}): "
-                         "certificates rest on the measured affinity along each ray")
+            notes.append(
+                f"operations aeaudit does not classify ({', '.join(adapter.card.unknown_ops)}): "
+                "certificates rest on the measured affinity along each ray"
+            )
         if b.domain.bounded:
-            notes.append(f"bounded domain {b.domain.reason}: rays stop at the box edge, so no ray can be unbounded "
-                         "and no far field is reached; losses are reported up to the edge")
+            notes.append(
+                f"bounded domain {b.domain.reason}: rays stop at the box edge, so no ray can be unbounded "
+                "and no far field is reached; losses are reported up to the edge"
+            )
         if stopped:
             notes.append(f"cut short ({stopped}): some directions were not refined or measured")
         artifacts = {
-            "certificates_apply": not smooth, "smooth_ops": smooth, "domain_bounded": b.domain.bounded, "notes": notes,
-            "ratios": round_list(rays["ratios"]), "summary": _source_summary(summaries), "rays": summaries,
+            "certificates_apply": not smooth,
+            "smooth_ops": smooth,
+            "domain_bounded": b.domain.bounded,
+            "notes": notes,
+            "ratios": round_list(rays["ratios"]),
+            "summary": _source_summary(summaries),
+            "rays": summaries,
         }
-        result = ProbeResult(self.name, self.kind, reason="; ".join([reason, *notes]), findings=findings,
-                             candidates=candidates, evaluations=evals, artifacts=artifacts)
+        result = ProbeResult(
+            self.name,
+            self.kind,
+            reason="; ".join([reason, *notes]),
+            findings=findings,
+            candidates=candidates,
+            evaluations=evals,
+            artifacts=artifacts,
+        )
         return result.stopped(stopped) if stopped else result
 
     # ------------------------------------------------------------------ directions
@@ -153,7 +193,8 @@ class FarField(Probe):
         g = ctx.generator(salt=402)
         if b.domain.bounded:  # toward random corners of the box: the longest rays that stay inside
             corner = b.domain.low + (b.domain.high - b.domain.low) * torch.randint(
-                0, 2, (self.random_rays, n), generator=g).to(torch.float64)
+                0, 2, (self.random_rays, n), generator=g
+            ).to(torch.float64)
             rand = corner - x0
         else:
             rand = torch.randn(self.random_rays, n, generator=g, dtype=torch.float64)
@@ -219,8 +260,9 @@ class FarField(Probe):
                 break
         return best_u[kept], [float(best_j[i]) for i in kept], evals, stopped
 
-    def _refine(self, ctx: ProbeContext, ref: torch.Tensor, x0: torch.Tensor,
-                dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, str | None]:
+    def _refine(
+        self, ctx: ProbeContext, ref: torch.Tensor, x0: torch.Tensor, dirs: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, int, str | None]:
         """Sharpen each optimised direction in float64: take the exact local map ``A`` (Jacobian)
         10⁴·s out along it and move to the direction that ``A`` maps closest onto itself (the
         smallest right singular vector of ``(I − A)``, per feature in the model's input space),
@@ -310,8 +352,12 @@ class FarField(Probe):
             out["stable_from"][g0:g1] = _stable_from(t[g0:g1], recs, xs, dtype_eps(verifier.dtype))
             step = t[g0:g1, -1] - t[g0:g1, -2]
             as_model = lambda a: torch.from_numpy(a).to(verifier.dtype)  # noqa: E731
-            g = (model_residual(verifier.adapter, as_model(xs[:, -1] - xs[:, -2]), as_model(recs[:, -1] - recs[:, -2]))
-                 .double().numpy() / step[:, None])
+            g = (
+                model_residual(verifier.adapter, as_model(xs[:, -1] - xs[:, -2]), as_model(recs[:, -1] - recs[:, -2]))
+                .double()
+                .numpy()
+                / step[:, None]
+            )
             r_last = model_residual(verifier.adapter, as_model(xs[:, -1]), as_model(recs[:, -1])).double().numpy()
             slope = np.linalg.norm(g, axis=1)
             out["slope"][g0:g1] = slope.tolist()
@@ -328,8 +374,9 @@ class FarField(Probe):
         rows, cols = np.nonzero(mask)
         return origins[rows] + torch.from_numpy(rays["t"][rows, cols])[:, None] * dirs[rows]
 
-    def _summarise(self, ctx: ProbeContext, rays: dict, sources: list[str], objective: list,
-                   certifiable: bool) -> list[dict]:
+    def _summarise(
+        self, ctx: ProbeContext, rays: dict, sources: list[str], objective: list, certifiable: bool
+    ) -> list[dict]:
         """Per ray: where it becomes affine, its far-field slope and growth exponent, whether it is
         unbounded blind, and its verified blind distance, with the loss-vs-distance series."""
         b = ctx.baseline
@@ -346,31 +393,42 @@ class FarField(Probe):
             low = li <= b.tau_op
             blind = float(di[low].max()) if low.any() else 0.0
             extrapolated = rays["extrapolated"][i]
-            summaries.append({
-                "source": sources[i],
-                "sphere_objective": objective[i],
-                "stable_from_ratio": stable_from[i] / b.scale if stable_from[i] is not None else None,
-                "far_field_slope": rays["slope"][i],
-                "slope_tolerance": rays["slope_tolerance"][i],
-                "extrapolated_reach_ratio": (extrapolated / b.scale if stable and certifiable and extrapolated is not None
-                                             and math.isfinite(extrapolated) and not unbounded else None),
-                "growth_exponent": None if b.domain.bounded else growth_exponent(ti, li, b.tau_op),
-                "unbounded": unbounded,
-                "within_tau_min": bool(unbounded and (li[far] <= b.tau_min).all()),
-                "blind_distance": blind,
-                "blind_distance_ratio": blind / b.scale,
-                "min_loss_ratio": float(np.nanmin(li) / b.tau_op) if len(li) else None,
-                "reach_ratio": float(ti.max() / b.scale) if len(ti) else 0.0,
-                "series": {"t": round_list(ti), "distance": round_list(di), "loss": round_list(li)},
-            })
+            summaries.append(
+                {
+                    "source": sources[i],
+                    "sphere_objective": objective[i],
+                    "stable_from_ratio": stable_from[i] / b.scale if stable_from[i] is not None else None,
+                    "far_field_slope": rays["slope"][i],
+                    "slope_tolerance": rays["slope_tolerance"][i],
+                    "extrapolated_reach_ratio": (
+                        extrapolated / b.scale
+                        if stable
+                        and certifiable
+                        and extrapolated is not None
+                        and math.isfinite(extrapolated)
+                        and not unbounded
+                        else None
+                    ),
+                    "growth_exponent": None if b.domain.bounded else growth_exponent(ti, li, b.tau_op),
+                    "unbounded": unbounded,
+                    "within_tau_min": bool(unbounded and (li[far] <= b.tau_min).all()),
+                    "blind_distance": blind,
+                    "blind_distance_ratio": blind / b.scale,
+                    "min_loss_ratio": float(np.nanmin(li) / b.tau_op) if len(li) else None,
+                    "reach_ratio": float(ti.max() / b.scale) if len(ti) else 0.0,
+                    "series": {"t": round_list(ti), "distance": round_list(di), "loss": round_list(li)},
+                }
+            )
         return summaries
 
-    def _certificates(self, ctx: ProbeContext, rays: dict, summaries: list[dict], dirs: torch.Tensor,
-                      origins: torch.Tensor) -> list[Finding]:
+    def _certificates(
+        self, ctx: ProbeContext, rays: dict, summaries: list[dict], dirs: torch.Tensor, origins: torch.Tensor
+    ) -> list[Finding]:
         """Certificate findings for unbounded rays and for rays blind beyond δ, one per distinct direction."""
         b, adapter = ctx.baseline, ctx.adapter
-        order = sorted(range(len(summaries)),
-                       key=lambda i: (not summaries[i]["unbounded"], -summaries[i]["blind_distance"]))
+        order = sorted(
+            range(len(summaries)), key=lambda i: (not summaries[i]["unbounded"], -summaries[i]["blind_distance"])
+        )
         kept: list[int] = []
         findings = []
         for i in order:
@@ -391,13 +449,36 @@ class FarField(Probe):
             x = origins[i] + float(t[j]) * dirs[i]
             _, _, _, rec = float64_verifier(ctx).measure(unflat(adapter, x[None]))
             nn = int(rays["nn"][i, j])
-            details = {k: s[k] for k in ("unbounded", "within_tau_min", "blind_distance", "blind_distance_ratio",
-                                         "extrapolated_reach_ratio", "growth_exponent", "far_field_slope",
-                                         "slope_tolerance", "stable_from_ratio", "source", "series")}
+            details = {
+                k: s[k]
+                for k in (
+                    "unbounded",
+                    "within_tau_min",
+                    "blind_distance",
+                    "blind_distance_ratio",
+                    "extrapolated_reach_ratio",
+                    "growth_exponent",
+                    "far_field_slope",
+                    "slope_tolerance",
+                    "stable_from_ratio",
+                    "source",
+                    "series",
+                )
+            }
             details["ray"] = {"origin": round_list(origins[i], 9), "direction": round_list(dirs[i], 9)}
-            findings.append(certificate(float64_verifier(ctx), self.name, sev, loss[j], dist[j], nn,
-                                        x.reshape(adapter.input_shape).numpy(),
-                                        rec[0], details))
+            findings.append(
+                certificate(
+                    float64_verifier(ctx),
+                    self.name,
+                    sev,
+                    loss[j],
+                    dist[j],
+                    nn,
+                    x.reshape(adapter.input_shape).numpy(),
+                    rec[0],
+                    details,
+                )
+            )
             if len(findings) == self.max_certificates:
                 break
         return findings
@@ -429,6 +510,9 @@ def _source_summary(summaries: list[dict]) -> dict:
     for src in dict.fromkeys(s["source"] for s in summaries):
         group = [s for s in summaries if s["source"] == src]
         exps = [s["growth_exponent"] for s in group if s["growth_exponent"] is not None]
-        out[src] = {"rays": len(group), "unbounded": sum(s["unbounded"] for s in group),
-                    "median_growth_exponent": float(np.median(exps)) if exps else None}
+        out[src] = {
+            "rays": len(group),
+            "unbounded": sum(s["unbounded"] for s in group),
+            "median_growth_exponent": float(np.median(exps)) if exps else None,
+        }
     return out

@@ -12,6 +12,7 @@ whose decode scores low and lies far from every normal sample is a candidate bli
 
 Grid points run coarse to fine, so a scan stopped early leaves an evenly thinned map, not half of one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,7 +80,9 @@ class LatentGrid(Probe):
         check_counts(self, "batch_size", "map_normals")
         check_positive(self, "latent_extent")
 
-    def _plane(self, z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _plane(
+        self, z: np.ndarray, lo: np.ndarray, hi: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The map's plane ``z = origin + (u, v) · basis``: ``(origin, basis [k, d], u axis, v axis)``.
 
         ``d ≤ 2``: the latent box itself (identity basis; ``v`` is a single 0 for ``d = 1``);
@@ -93,7 +96,12 @@ class LatentGrid(Probe):
         basis = np.linalg.svd(z - origin, full_matrices=False)[2][:2]
         proj = (z - origin) @ basis.T
         plo, phi = widen(proj.min(axis=0), proj.max(axis=0), self.latent_extent)
-        return origin, basis, np.linspace(plo[0], phi[0], self.slice_resolution), np.linspace(plo[1], phi[1], self.slice_resolution)
+        return (
+            origin,
+            basis,
+            np.linspace(plo[0], phi[0], self.slice_resolution),
+            np.linspace(plo[1], phi[1], self.slice_resolution),
+        )
 
     def _search_points(self, ctx: ProbeContext, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Points beyond the map for ``d ≥ 3``: a coarser full grid (``d = 3``) or a Sobol sample."""
@@ -105,8 +113,19 @@ class LatentGrid(Probe):
         sobol = qmc.Sobol(lo.size, scramble=True, seed=seed).random_base2(int(np.ceil(np.log2(max(self.samples, 2)))))
         return qmc.scale(sobol, lo, hi)
 
-    def _loss_map(self, ctx: ProbeContext, z_normal: np.ndarray, origin: np.ndarray, basis: np.ndarray, u_axis: np.ndarray,
-                  v_axis: np.ndarray, order: np.ndarray, losses: np.ndarray, far: np.ndarray, marks: np.ndarray) -> dict:
+    def _loss_map(
+        self,
+        ctx: ProbeContext,
+        z_normal: np.ndarray,
+        origin: np.ndarray,
+        basis: np.ndarray,
+        u_axis: np.ndarray,
+        v_axis: np.ndarray,
+        order: np.ndarray,
+        losses: np.ndarray,
+        far: np.ndarray,
+        marks: np.ndarray,
+    ) -> dict:
         """The report's Figure-2-style map (``losses``/``far`` arrive in evaluation ``order``)."""
         shape = (v_axis.size, u_axis.size)
         grid_losses, grid_far = np.full(losses.size, np.nan), np.zeros(losses.size, dtype=bool)
@@ -117,13 +136,17 @@ class LatentGrid(Probe):
         return {
             "kind": {1: "line", 2: "grid"}.get(d, "slice"),
             "axis_names": {1: ["z1", ""], 2: ["z1", "z2"]}.get(d, ["PC1", "PC2"]),
-            "u": rounded(u_axis), "v": rounded(v_axis),
+            "u": rounded(u_axis),
+            "v": rounded(v_axis),
             "losses": rounded(grid_losses.reshape(shape)),  # losses[i][j] at (u[j], v[i])
             "far": grid_far.reshape(shape).astype(int).tolist(),  # 1 where the decode is at least ~δ from normal data
-            "objective": ctx.objective.name, "contour": ctx.objective.tau_op, "tau_min": ctx.objective.tau_min,
+            "objective": ctx.objective.name,
+            "contour": ctx.objective.tau_op,
+            "tau_min": ctx.objective.tau_min,
             "normal": rounded(np.pad(normal_uv, ((0, 0), (0, 2 - normal_uv.shape[1])))),
             "findings": rounded(marks[: self.map_normals]),
-            "origin": rounded(origin), "basis": rounded(basis),
+            "origin": rounded(origin),
+            "basis": rounded(basis),
         }
 
     def _run(self, ctx: ProbeContext) -> ProbeResult:
@@ -164,13 +187,33 @@ class LatentGrid(Probe):
                 done += z.shape[0]
                 bar.advance(z.shape[0])
         rows_all = np.concatenate(kept_rows) if kept_rows else np.empty(0, dtype=int)
-        cands = Candidates(x=torch.cat(kept_x) if kept_x else torch.empty(0, *b.reference.shape[1:]), probe=self.name,
-                           latent=torch.cat(kept_z) if kept_z else torch.empty(0, d))
-        loss_map = self._loss_map(ctx, z_normal, origin, basis, u_axis, v_axis, map_order, losses[:n_map], far[:n_map],
-                                  map_uv[rows_all[rows_all < n_map]])
-        artifacts = {"loss_map": loss_map, "latent_dim": d, "points": int(points.shape[0]), "evaluated": done,
-                     "low_and_far": int(rows_all.size), "box_low": rounded(lo), "box_high": rounded(hi),
-                     "design": ("full grid" if d <= 3 else f"Sobol sample of {points.shape[0] - n_map} points")
-                     + ("" if d <= 2 else " + principal-direction slice for the map")}
+        cands = Candidates(
+            x=torch.cat(kept_x) if kept_x else torch.empty(0, *b.reference.shape[1:]),
+            probe=self.name,
+            latent=torch.cat(kept_z) if kept_z else torch.empty(0, d),
+        )
+        loss_map = self._loss_map(
+            ctx,
+            z_normal,
+            origin,
+            basis,
+            u_axis,
+            v_axis,
+            map_order,
+            losses[:n_map],
+            far[:n_map],
+            map_uv[rows_all[rows_all < n_map]],
+        )
+        artifacts = {
+            "loss_map": loss_map,
+            "latent_dim": d,
+            "points": int(points.shape[0]),
+            "evaluated": done,
+            "low_and_far": int(rows_all.size),
+            "box_low": rounded(lo),
+            "box_high": rounded(hi),
+            "design": ("full grid" if d <= 3 else f"Sobol sample of {points.shape[0] - n_map} points")
+            + ("" if d <= 2 else " + principal-direction slice for the map"),
+        }
         result = ProbeResult(self.name, self.kind, candidates=cands, evaluations=done, artifacts=artifacts)
         return result.stopped(stopped) if stopped else result

@@ -4,6 +4,7 @@ The box is the normal latents' per-coordinate range, widened ``extent``× about 
 (``--latent-extent``): wide enough to reach the out-of-bounds regions of Figure 2 in
 "Autoencoders for anomaly detection are unreliable", bounded so a grid can cover it.
 """
+
 from __future__ import annotations
 
 import torch

@@ -8,6 +8,7 @@ we like with PCA loss ~0. This check builds such points at 10, 10³ and 10⁶ ti
 ``s`` and records both PCA's loss and the model's loss there. It is a reference section of
 the report, not a finding about the model.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .analytic import extreme_rows, fit_pca, float64_verifier, flat, inside, normal_flat, unflat
+from .analytic import extreme_rows, fit_pca, flat, float64_verifier, inside, normal_flat, unflat
 from .base import Probe, ProbeContext, ProbeResult, check_counts, require
 
 
@@ -39,8 +40,11 @@ class PCAReference(Probe):
 
     def __post_init__(self) -> None:
         self.pca_ratios = tuple(self.pca_ratios) if isinstance(self.pca_ratios, (list, tuple)) else (self.pca_ratios,)
-        require(all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in self.pca_ratios), self.name,
-                f"pca_ratios {self.pca_ratios!r} must be finite numbers > 0")
+        require(
+            all(isinstance(r, (int, float)) and math.isfinite(r) and r > 0 for r in self.pca_ratios),
+            self.name,
+            f"pca_ratios {self.pca_ratios!r} must be finite numbers > 0",
+        )
         check_counts(self, "pca_directions")
 
     def skip_reason(self, ctx: ProbeContext) -> str | None:
@@ -78,20 +82,33 @@ class PCAReference(Probe):
         normal = {"min": float(held.min()), "median": float(np.median(held)), "p99": float(np.quantile(held, 0.99))}
         points = []
         for i, (j, r) in enumerate((j, r) for j in range(2 * k) for r in self.pca_ratios):
-            points.append({
-                "component": j % k, "sign": signs[j], "target_ratio": r,
-                "distance": float(dist[i]), "distance_ratio": float(dist[i] / b.scale),
-                "pca_loss": float(pca_loss[i]), "model_loss": float(model_loss[i]),
-                "model_loss_ratio": float(model_loss[i] / b.tau_op), "inside_domain": bool(in_domain[i]),
-            })
+            points.append(
+                {
+                    "component": j % k,
+                    "sign": signs[j],
+                    "target_ratio": r,
+                    "distance": float(dist[i]),
+                    "distance_ratio": float(dist[i] / b.scale),
+                    "pca_loss": float(pca_loss[i]),
+                    "model_loss": float(model_loss[i]),
+                    "model_loss_ratio": float(model_loss[i] / b.tau_op),
+                    "inside_domain": bool(in_domain[i]),
+                }
+            )
         worst = float(pca_loss.max())
-        note = (f"PCA with d={d} components reconstructs points up to {max(self.pca_ratios):g}·s from the normal data "
-                f"with loss ≤ {worst:.3g} (its own smallest normal loss: {normal['min']:.3g})")
+        note = (
+            f"PCA with d={d} components reconstructs points up to {max(self.pca_ratios):g}·s from the normal data "
+            f"with loss ≤ {worst:.3g} (its own smallest normal loss: {normal['min']:.3g})"
+        )
         if b.domain.bounded and not in_domain.all():
             note += f"; {int((~in_domain).sum())} of {len(in_domain)} points lie outside the domain {b.domain.reason}"
         artifacts = {
-            "d": d, "explained_variance_ratio": float(pca.explained_variance_ratio.sum()),
-            "pca_loss_normal": normal, "max_pca_loss": worst,
-            "model_loss_min_at_points": float(model_loss.min()), "points": points, "note": note,
+            "d": d,
+            "explained_variance_ratio": float(pca.explained_variance_ratio.sum()),
+            "pca_loss_normal": normal,
+            "max_pca_loss": worst,
+            "model_loss_min_at_points": float(model_loss.min()),
+            "points": points,
+            "note": note,
         }
         return ProbeResult(self.name, self.kind, reason=note, evaluations=len(pts), artifacts=artifacts)

@@ -15,12 +15,14 @@ steps is the probe's work, fixed by its settings (``--effort``). The objective c
 from the context (reconstruction loss, or a scorer's score for an adaptive search), and
 distances are exact nearest-reference distances (one matrix product per step; see ``geometry.py``).
 """
+
 from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -68,11 +70,15 @@ class Track:
     dist: torch.Tensor
 
     @classmethod
-    def empty(cls, n: int, like: torch.Tensor, sample_shape: tuple, latent_dim: int | None) -> "Track":
-        return cls(feasible=torch.zeros(n, dtype=torch.bool, device=like.device),
-                   value=torch.full((n,), math.inf, dtype=like.dtype, device=like.device),
-                   x=like.new_zeros(n, *sample_shape), z=like.new_zeros(n, latent_dim) if latent_dim else None,
-                   score=like.new_full((n,), math.nan), dist=like.new_zeros(n))
+    def empty(cls, n: int, like: torch.Tensor, sample_shape: tuple, latent_dim: int | None) -> Track:
+        return cls(
+            feasible=torch.zeros(n, dtype=torch.bool, device=like.device),
+            value=torch.full((n,), math.inf, dtype=like.dtype, device=like.device),
+            x=like.new_zeros(n, *sample_shape),
+            z=like.new_zeros(n, latent_dim) if latent_dim else None,
+            score=like.new_full((n,), math.nan),
+            dist=like.new_zeros(n),
+        )
 
     def update(self, feasible, value, x, z, score, dist) -> torch.Tensor:
         """Keep the better of old and new per start; returns which starts improved."""
@@ -127,10 +133,16 @@ class PGDSearch(Probe):
         check_counts(self, "steps", "starts", "patience")
         check_counts(self, "restarts", "farthest_starts", minimum=0)
         check_positive(self, "step_size", "rho", "latent_extent")
-        require(isinstance(self.margin, (int, float)) and 0 <= self.margin < 1, self.name,
-                f"margin = {self.margin!r} must lie in [0, 1)")
-        require(self.optimizer in OPTIMIZERS, self.name,
-                f"optimizer {self.optimizer!r} is unknown; choose {' or '.join(OPTIMIZERS)}")
+        require(
+            isinstance(self.margin, (int, float)) and 0 <= self.margin < 1,
+            self.name,
+            f"margin = {self.margin!r} must lie in [0, 1)",
+        )
+        require(
+            self.optimizer in OPTIMIZERS,
+            self.name,
+            f"optimizer {self.optimizer!r} is unknown; choose {' or '.join(OPTIMIZERS)}",
+        )
 
     def skip_reason(self, ctx: ProbeContext) -> str | None:
         if not ctx.objective.differentiable:
@@ -145,8 +157,9 @@ class PGDSearch(Probe):
     def _starts(self, ctx: ProbeContext, space: Space, n: int, gen: torch.Generator) -> torch.Tensor:
         """``n`` starting points ``[n, D]`` of the space (float64 on the CPU, drawn from ``gen``)."""
 
-    def _round(self, ctx: ProbeContext, space: Space, u0: torch.Tensor, mode: str,
-               bar) -> tuple[Track, int, str | None, torch.Tensor]:
+    def _round(
+        self, ctx: ProbeContext, space: Space, u0: torch.Tensor, mode: str, bar
+    ) -> tuple[Track, int, str | None, torch.Tensor]:
         """One batch of starts. Returns ``(track, steps run, why it stopped early or None, inputs
         whose score was not finite)``."""
         obj, b = ctx.objective, ctx.baseline
@@ -178,15 +191,18 @@ class PGDSearch(Probe):
             with torch.no_grad():
                 feasible = violation <= 0
                 value = torch.where(feasible, primary, violation)
-                if bool(track.update(feasible, value, a.detach(), v.detach() if latent else None,
-                                     score.detach(), dist.detach()).any()):
+                if bool(
+                    track.update(
+                        feasible, value, a.detach(), v.detach() if latent else None, score.detach(), dist.detach()
+                    ).any()
+                ):
                     last_gain = step
                 elif step - last_gain >= self.patience:
                     bar.advance(self.steps - step - 1)
                     return self._exact(track, b), step + 1, None, _stack(odd, _sample_shape(b))
             aim = violation + self.margin
             lagrangian = primary + (self.rho / 2) * torch.relu(aim + lam / self.rho).pow(2)
-            grad, = torch.autograd.grad(torch.where(ok, lagrangian, torch.zeros_like(lagrangian)).sum(), u)
+            (grad,) = torch.autograd.grad(torch.where(ok, lagrangian, torch.zeros_like(lagrangian)).sum(), u)
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)  # e.g. a start exactly on a reference point
             with torch.no_grad():
                 if opt is not None:
@@ -237,8 +253,13 @@ class PGDSearch(Probe):
         odd_x = torch.cat(odd).to(found.x.dtype)
         if len(odd_x):  # NaN/inf scores carry no latent: verified as their own kind, no latent kept
             found = Candidates(x=torch.cat([found.x, odd_x]), probe=self.name)
-        result = ProbeResult(self.name, self.kind, candidates=found, evaluations=evaluations,
-                             artifacts={"space": self.space_name, "optimizer": self.optimizer, **stats})
+        result = ProbeResult(
+            self.name,
+            self.kind,
+            candidates=found,
+            evaluations=evaluations,
+            artifacts={"space": self.space_name, "optimizer": self.optimizer, **stats},
+        )
         return result.stopped(stopped) if stopped else result
 
     @staticmethod
@@ -250,9 +271,14 @@ class PGDSearch(Probe):
         if score.numel() == 0:
             return out
         i = int(torch.argmin(score)) if mode == "lowest" else int(torch.argmax(dist))
-        out.update({"score": float(score[i]), "distance": float(dist[i]),
-                    "distance_ratio": float(dist[i]) / ctx.baseline.scale,
-                    "median_distance_ratio": float(dist.median()) / ctx.baseline.scale})
+        out.update(
+            {
+                "score": float(score[i]),
+                "distance": float(dist[i]),
+                "distance_ratio": float(dist[i]) / ctx.baseline.scale,
+                "median_distance_ratio": float(dist.median()) / ctx.baseline.scale,
+            }
+        )
         return out
 
 
@@ -296,7 +322,9 @@ class InputPGD(PGDSearch):
             half = torch.full_like(ref[0], (b.domain.high - b.domain.low) / 2)
         else:
             centre, half = ref.mean(dim=0), ref.std(dim=0).clamp_min(1e-6 * float(ref.std().clamp_min(1e-12)))
-        return Space(centre=centre, half=half, bounded=b.domain.bounded, to_input=lambda x: x.reshape(x.shape[0], *shape))
+        return Space(
+            centre=centre, half=half, bounded=b.domain.bounded, to_input=lambda x: x.reshape(x.shape[0], *shape)
+        )
 
     def _starts(self, ctx: ProbeContext, space: Space, n: int, gen: torch.Generator) -> torch.Tensor:
         """A third held-out normal samples, a third random points (uniform in a bounded domain,
@@ -309,8 +337,11 @@ class InputPGD(PGDSearch):
         n_random = n - n_normal - n_decoded
         pick = torch.randint(0, held.shape[0], (n_normal,), generator=gen).to(held.device)
         shape = (n_random, space.centre.numel())
-        u = (torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1 if b.domain.bounded
-             else 3 * torch.randn(shape, generator=gen, dtype=torch.float64))
+        u = (
+            torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1
+            if b.domain.bounded
+            else 3 * torch.randn(shape, generator=gen, dtype=torch.float64)
+        )
         parts = [held[pick].double().cpu(), space.centre.double().cpu() + space.half.double().cpu() * u]
         if n_decoded:
             _, lo, hi = latent_box(ctx, self.latent_extent)

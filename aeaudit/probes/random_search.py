@@ -42,7 +42,9 @@ class RandomSearch(Probe):
         check_counts(self, "samples", "batch_size", "max_candidates")
         check_positive(self, "latent_extent")
 
-    def _lowest(self, xs: list[torch.Tensor], scores: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def _lowest(
+        self, xs: list[torch.Tensor], scores: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         x, s = torch.cat(xs), torch.cat(scores)
         if len(s) > self.max_candidates:
             best = torch.argsort(s, stable=True)[: self.max_candidates]
@@ -97,7 +99,8 @@ class RandomSearch(Probe):
                     evaluations += n
                     bar.advance(n)
         x_all = self._lowest(kept_x, kept_s)[0][0] if kept_x else torch.empty(0, *b.reference.shape[1:])
-        cands = Candidates(x=torch.cat([x_all.to(b.reference.dtype), *[o.to(b.reference.dtype) for o in odd_x]]),
-                           probe=self.name)
+        cands = Candidates(
+            x=torch.cat([x_all.to(b.reference.dtype), *[o.to(b.reference.dtype) for o in odd_x]]), probe=self.name
+        )
         result = ProbeResult(self.name, self.kind, candidates=cands, evaluations=evaluations)
         return result.stopped(stopped) if stopped else result

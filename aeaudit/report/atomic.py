@@ -1,11 +1,12 @@
 """Atomic file writes: a report is either complete on disk or absent, never half-written."""
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 
 @contextmanager

@@ -20,7 +20,9 @@ def _searched(summary: dict[str, Any], name: str) -> str | None:
     search = summary.get("adaptive", {}).get(name) or {}
     if search.get("findings") is None:
         return None
-    return f"{search['findings']} in {search['evaluations']:,} evaluations" + ("" if search["complete"] else " (cut short)")
+    return f"{search['findings']} in {search['evaluations']:,} evaluations" + (
+        "" if search["complete"] else " (cut short)"
+    )
 
 
 def render_compare(result: dict[str, Any], console) -> None:
@@ -53,10 +55,10 @@ def render_compare(result: dict[str, Any], console) -> None:
     replay = result["original_findings_on_hardened"]
     for name, r in replay["scores"].items():
         if r.get("status") == "complete":
-            console.print(f"original findings replayed on the hardened model, {name}: "
-                          f"{r['still_below_threshold']} of {replay['n']} still below its threshold "
-                          f"({r['still_below_min']} below its minimum normal score)")
+            console.print(
+                f"original findings replayed on the hardened model, {name}: "
+                f"{r['still_below_threshold']} of {replay['n']} still below its threshold "
+                f"({r['still_below_min']} below its minimum normal score)"
+            )
         else:
             console.print(f"replay under {name}: skipped ({r.get('reason', '')})")
-
-

@@ -1,4 +1,5 @@
 """Shared by the report writers: the JSON-normal form of a report and numbers for people."""
+
 from __future__ import annotations
 
 import json
@@ -48,8 +49,20 @@ def regions_of(report: dict[str, Any]) -> list[dict[str, Any]]:
     for i, f in enumerate(report.get("findings") or []):
         d, lr = f.get("distance_ratio"), f.get("loss_ratio")
         summary = f"{f.get('kind')} finding of {f.get('probe')}"
-        out.append({"label": f"#{i + 1}", "kind": f.get("kind"), "severity": f.get("severity"),
-                    "description": f"{f.get('severity')} {summary}", "summary": summary, "witnesses": 1,
-                    "severity_counts": {f.get("severity"): 1}, "distance_ratio_min": d, "distance_ratio_max": d,
-                    "loss_ratio_min": lr, "probes": [f.get("probe")], "witness": f})
+        out.append(
+            {
+                "label": f"#{i + 1}",
+                "kind": f.get("kind"),
+                "severity": f.get("severity"),
+                "description": f"{f.get('severity')} {summary}",
+                "summary": summary,
+                "witnesses": 1,
+                "severity_counts": {f.get("severity"): 1},
+                "distance_ratio_min": d,
+                "distance_ratio_max": d,
+                "loss_ratio_min": lr,
+                "probes": [f.get("probe")],
+                "witness": f,
+            }
+        )
     return out

@@ -6,6 +6,7 @@ embedded as ``data:`` URIs; the page loads nothing from anywhere.
 
 The sections are built in :mod:`.views` and :mod:`.findings_views`; this module renders them.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,21 +15,32 @@ from typing import Any
 from .atomic import write_text
 from .findings_views import gallery_view, latent_map_view
 from .fmt import normalise
-from .views import (certificates_view, losses_view, model_view, reproducibility_view, scorers_view,
-                    verdict_view)
+from .views import certificates_view, losses_view, model_view, reproducibility_view, scorers_view, verdict_view
 
 TEMPLATES = Path(__file__).parent / "templates"
-SECTIONS = (("verdict", "Verdict"), ("model", "Model and data"), ("losses", "Loss histograms"),
-            ("certificates", "Analytic certificates"), ("latent-map", "Latent map"),
-            ("gallery", "Blind regions"), ("scorers", "Scorer comparison"), ("reproducibility", "Reproducibility"))
+SECTIONS = (
+    ("verdict", "Verdict"),
+    ("model", "Model and data"),
+    ("losses", "Loss histograms"),
+    ("certificates", "Analytic certificates"),
+    ("latent-map", "Latent map"),
+    ("gallery", "Blind regions"),
+    ("scorers", "Scorer comparison"),
+    ("reproducibility", "Reproducibility"),
+)
 
 
 # ----------------------------------------------------------------------------- rendering
 def _environment():
     from jinja2 import Environment, FileSystemLoader
 
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                      trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     return env
 
 

@@ -1,4 +1,5 @@
 """``report.json``: the machine-readable audit (schema in docs/report-schema.md)."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,18 @@ from .atomic import write_text
 SCHEMA_VERSION = "2.0"
 TIMING_KEYS = ("timings", "seconds")
 # what a report.json must hold for the writers to render it: key → type
-REQUIRED = {"verdict": str, "status": str, "gate": dict, "settings": dict, "model": dict, "data": dict,
-            "thresholds": dict, "probes": list, "findings": list, "counts": dict}
+REQUIRED = {
+    "verdict": str,
+    "status": str,
+    "gate": dict,
+    "settings": dict,
+    "model": dict,
+    "data": dict,
+    "thresholds": dict,
+    "probes": list,
+    "findings": list,
+    "counts": dict,
+}
 
 
 def _clean(obj: Any) -> Any:
@@ -56,20 +67,25 @@ def load_report(path: str | Path) -> dict[str, Any]:
     try:
         data = read_json(path)
     except OSError as exc:
-        raise InputError(f"{path}: cannot read it ({exc.strerror or exc}); "
-                         "give the report.json that `aeaudit scan` wrote") from None
+        raise InputError(
+            f"{path}: cannot read it ({exc.strerror or exc}); give the report.json that `aeaudit scan` wrote"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not valid JSON ({exc}); give the report.json that `aeaudit scan` wrote") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
     if not isinstance(version, str):
         raise InputError(f"{path}: no schema_version, so not an aeaudit report.json")
     if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
-        raise InputError(f"{path}: schema_version {version} is not readable by this aeaudit "
-                         f"(reads {SCHEMA_VERSION.split('.')[0]}.x); use the aeaudit that wrote it")
+        raise InputError(
+            f"{path}: schema_version {version} is not readable by this aeaudit "
+            f"(reads {SCHEMA_VERSION.split('.')[0]}.x); use the aeaudit that wrote it"
+        )
     wrong = [f"{key} ({kind.__name__})" for key, kind in REQUIRED.items() if not isinstance(data.get(key), kind)]
     if wrong:
-        raise InputError(f"{path}: malformed report.json: missing or mistyped {', '.join(wrong)}; "
-                         "give the report.json that `aeaudit scan` wrote")
+        raise InputError(
+            f"{path}: malformed report.json: missing or mistyped {', '.join(wrong)}; "
+            "give the report.json that `aeaudit scan` wrote"
+        )
     return data
 
 

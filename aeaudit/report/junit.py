@@ -24,7 +24,6 @@ from .atomic import write_text
 from .fmt import normalise, num, regions_of, span
 
 
-
 def _witness_line(f: dict) -> str:
     return (
         f"representative witness: {f.get('severity')} {f.get('kind')} from {f.get('probe')}, "

@@ -4,6 +4,7 @@ Text that a model or its files control (exception messages, file names, probe no
 a pull-request comment renders HTML, code fences, links and @mentions, and none of those may come
 from a checkpoint.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,21 @@ TOP_REGIONS = 5
 
 
 # Characters that would start HTML, a code span or fence, a link or image, emphasis, a table cell or a mention.
-MARKDOWN_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "`": "&#96;", "@": "&#64;", "\\": "\\\\", "|": "\\|",
-                    "[": "\\[", "]": "\\]", "*": "\\*", "_": "\\_", "~": "\\~", "!": "\\!"}
+MARKDOWN_ESCAPES = {
+    "&": "&amp;",
+    "<": "&lt;",
+    ">": "&gt;",
+    "`": "&#96;",
+    "@": "&#64;",
+    "\\": "\\\\",
+    "|": "\\|",
+    "[": "\\[",
+    "]": "\\]",
+    "*": "\\*",
+    "_": "\\_",
+    "~": "\\~",
+    "!": "\\!",
+}
 _ESCAPE_TABLE = str.maketrans(MARKDOWN_ESCAPES)
 
 
@@ -42,32 +56,54 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += ["**Incomplete:** the time budget or an interrupt cut some work short; results so far are shown.", ""]
     regions = regions_of(report)
     if regions:
-        top = [[r.get("label"), r.get("severity"), r.get("summary"), num(r.get("witnesses")),
+        top = [
+            [
+                r.get("label"),
+                r.get("severity"),
+                r.get("summary"),
+                num(r.get("witnesses")),
                 span(r.get("distance_ratio_min"), r.get("distance_ratio_max")),
-                num(r.get("loss_ratio_min"), 3), ", ".join(r.get("probes") or [])] for r in regions[:TOP_REGIONS]]
+                num(r.get("loss_ratio_min"), 3),
+                ", ".join(r.get("probes") or []),
+            ]
+            for r in regions[:TOP_REGIONS]
+        ]
         lines += [f"**Blind regions** ({min(TOP_REGIONS, len(regions))} of {len(regions)}):", ""]
-        lines += _table(["region", "severity", "what", "witnesses", "distance / s", "lowest loss / τ_op", "found by"],
-                        top) + [""]
+        lines += _table(
+            ["region", "severity", "what", "witnesses", "distance / s", "lowest loss / τ_op", "found by"], top
+        ) + [""]
     findings = report.get("findings") or []
     per_probe: dict[str, int] = {}
     for f in findings:
         per_probe[f.get("probe")] = per_probe.get(f.get("probe"), 0) + 1
-    rows = [[p.get("probe"), p.get("status"), per_probe.get(p.get("probe"), 0), p.get("reason") or ""]
-            for p in report.get("probes") or []]
+    rows = [
+        [p.get("probe"), p.get("status"), per_probe.get(p.get("probe"), 0), p.get("reason") or ""]
+        for p in report.get("probes") or []
+    ]
     if rows:
         lines += _table(["check", "status", "findings", "note"], rows) + [""]
     table = (report.get("scorers") or {}).get("table") or []
     if table:
-        srows = [[r.get("scorer"), num(r.get("transferred_detection_rate"), 3), num(r.get("adaptive_findings")),
-                  r.get("verdict", "")] for r in table]
+        srows = [
+            [
+                r.get("scorer"),
+                num(r.get("transferred_detection_rate"), 3),
+                num(r.get("adaptive_findings")),
+                r.get("verdict", ""),
+            ]
+            for r in table
+        ]
         lines += _table(["scorer", "detects recon findings", "adaptive findings", "verdict"], srows) + [""]
     for err in report.get("errors") or []:
         lines.append(f"- error: {escape(err)}")
     t = report.get("thresholds") or {}
-    lines += [f"<sub>τ_min {num(t.get('tau_min'))} · τ_op {num(t.get('tau_op'))} · s {num(t.get('scale'))} · "
-              f"δ {num(t.get('min_distance'))} · gate --fail-on {escape(gate.get('fail_on'))} · seed {escape(report.get('seed'))} · "
-              f"aeaudit {escape((report.get('tool') or {}).get('version', ''))} · per-point findings: report.json · "
-              "full report: report.html</sub>", ""]
+    lines += [
+        f"<sub>τ_min {num(t.get('tau_min'))} · τ_op {num(t.get('tau_op'))} · s {num(t.get('scale'))} · "
+        f"δ {num(t.get('min_distance'))} · gate --fail-on {escape(gate.get('fail_on'))} · seed {escape(report.get('seed'))} · "
+        f"aeaudit {escape((report.get('tool') or {}).get('version', ''))} · per-point findings: report.json · "
+        "full report: report.html</sub>",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -5,13 +5,15 @@ figures are drawn on ``Figure`` objects with the Agg canvas, never through pyplo
 caller's backend and global state stay untouched. Every figure is drawn under matplotlib's
 default style with fixed SVG ids and no date, so the same report dict gives the same bytes.
 """
+
 from __future__ import annotations
 
 import base64
 import io
 import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,10 +32,20 @@ def _style() -> Iterator[None]:
     import matplotlib
     import matplotlib.style
 
-    with matplotlib.style.context("default"), matplotlib.rc_context({
-        "svg.hashsalt": "aeaudit", "svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
-        "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
-    }):
+    with (
+        matplotlib.style.context("default"),
+        matplotlib.rc_context(
+            {
+                "svg.hashsalt": "aeaudit",
+                "svg.fonttype": "none",
+                "font.size": 9,
+                "axes.titlesize": 10,
+                "axes.spines.top": False,
+                "axes.spines.right": False,
+                "legend.frameon": False,
+            }
+        ),
+    ):
         yield
 
 
@@ -55,8 +67,9 @@ def as_floats(values: Any) -> np.ndarray:
     """Numbers from report.json (where non-finite values are the strings "inf"/"nan") as a float array."""
     if values is None:
         return np.empty(0)
-    return np.asarray([float(v) if v is not None else math.nan for v in np.ravel(np.asarray(values, dtype=object))],
-                      dtype=np.float64)
+    return np.asarray(
+        [float(v) if v is not None else math.nan for v in np.ravel(np.asarray(values, dtype=object))], dtype=np.float64
+    )
 
 
 def _positive_floor(*arrays: np.ndarray) -> float:
@@ -81,12 +94,27 @@ def loss_histogram(groups: dict[str, Sequence[float]], tau_min: float, tau_op: f
         for name, v in data.items():
             colour = GROUP_COLOURS.get(name, None)
             v = np.maximum(v, floor)
-            ax.hist(v, bins=bins, weights=np.full(len(v), 1.0 / len(v)), histtype="stepfilled" if name == "held-out normal"
-                    else "step", alpha=0.45 if name == "held-out normal" else 1.0, lw=1.6, color=colour,
-                    label=f"{name} (n={len(v)})")
+            ax.hist(
+                v,
+                bins=bins,
+                weights=np.full(len(v), 1.0 / len(v)),
+                histtype="stepfilled" if name == "held-out normal" else "step",
+                alpha=0.45 if name == "held-out normal" else 1.0,
+                lw=1.6,
+                color=colour,
+                label=f"{name} (n={len(v)})",
+            )
             if len(v) < 20:
-                ax.plot(v, np.full(len(v), -0.03), "|", color=colour, ms=12, mew=1.6, transform=ax.get_xaxis_transform(),
-                        clip_on=False)
+                ax.plot(
+                    v,
+                    np.full(len(v), -0.03),
+                    "|",
+                    color=colour,
+                    ms=12,
+                    mew=1.6,
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                )
         ax.axvline(tau_min, color=TAU_MIN_COLOUR, ls="--", lw=1.2, label=f"τ_min = {tau_min:.3g}")
         ax.axvline(tau_op, color=TAU_OP_COLOUR, ls="-", lw=1.2, label=f"τ_op = {tau_op:.3g}")
         ax.set_xscale("log")
@@ -96,8 +124,9 @@ def loss_histogram(groups: dict[str, Sequence[float]], tau_min: float, tau_op: f
         return _data_uri(fig)
 
 
-def loss_vs_distance(series: Sequence[dict[str, Any]], tau_min: float, tau_op: float, scale: float,
-                     min_distance: float) -> str:
+def loss_vs_distance(
+    series: Sequence[dict[str, Any]], tau_min: float, tau_op: float, scale: float, min_distance: float
+) -> str:
     """Log-log loss along each ray against the distance ratio d/s, with τ_min, τ_op and δ/s marked.
 
     ``series``: ``[{"label", "distance", "loss", "style"?}]`` with raw distances (divided by s here)."""
@@ -113,15 +142,25 @@ def loss_vs_distance(series: Sequence[dict[str, Any]], tau_min: float, tau_op: f
             if ok.any():
                 prepared.append((s, d[ok] / scale, loss[ok]))
         # tiny losses (PCA's own, ~1e-30) would stretch the axis over dozens of decades
-        floor = max(_positive_floor(*[p[2] for p in prepared], np.asarray([tau_min], dtype=float)),
-                    min(tau_min, tau_op) * FLOOR_BELOW_TAU)
+        floor = max(
+            _positive_floor(*[p[2] for p in prepared], np.asarray([tau_min], dtype=float)),
+            min(tau_min, tau_op) * FLOOR_BELOW_TAU,
+        )
         for s, dr, loss in prepared:
             style = s.get("style", "-")
             if style in ("-", "--", ":", "-."):
                 ax.plot(dr, np.maximum(loss, floor), ls=style, marker=".", ms=3, lw=1.2, label=s.get("label", ""))
             else:  # a point set
-                ax.plot(dr, np.maximum(loss, floor), ls="none", marker=style, ms=6, mfc="none", mew=1.3,
-                        label=s.get("label", ""))
+                ax.plot(
+                    dr,
+                    np.maximum(loss, floor),
+                    ls="none",
+                    marker=style,
+                    ms=6,
+                    mfc="none",
+                    mew=1.3,
+                    label=s.get("label", ""),
+                )
         ax.axhline(max(tau_min, floor), color=TAU_MIN_COLOUR, ls="--", lw=1, label="τ_min")
         ax.axhline(tau_op, color=TAU_OP_COLOUR, lw=1, label="τ_op")
         ax.axvline(min_distance / scale, color="#555", ls=":", lw=1, label="δ (far)")
@@ -142,9 +181,19 @@ def complete_stride(grid: np.ndarray) -> int:
     return k
 
 
-def latent_map(x: Sequence[float], y: Sequence[float], losses: Any, eps: float, *, far: Any = None, normal: Any = None,
-               marks: Sequence[tuple[float, float, str]] = (), witnesses: Sequence[tuple[float, float]] = (),
-               xlabel: str = "z₁", ylabel: str = "z₂") -> str:
+def latent_map(
+    x: Sequence[float],
+    y: Sequence[float],
+    losses: Any,
+    eps: float,
+    *,
+    far: Any = None,
+    normal: Any = None,
+    marks: Sequence[tuple[float, float, str]] = (),
+    witnesses: Sequence[tuple[float, float]] = (),
+    xlabel: str = "z₁",
+    ylabel: str = "z₂",
+) -> str:
     """The loss of decoded latents over a 2-D grid (Figure 2 of "Autoencoders for anomaly detection
     are unreliable"), drawn so that the blind region is what the eye meets first: the loss as a
     quiet grey field (log scale, light = low), the loss = ``eps`` contour as a thin line, the edge
@@ -168,25 +217,50 @@ def latent_map(x: Sequence[float], y: Sequence[float], losses: Any, eps: float, 
             return _latent_line(xs, grid[0], eps, far_grid[0] if far_grid is not None else None, normal, marks, xlabel)
         fig = _figure(6.6, 6.0)
         ax = fig.add_subplot()
-        mesh = ax.pcolormesh(xs, ys, grid, shading="nearest", cmap="Greys", alpha=0.55,
-                             norm=LogNorm(vmin=np.nanmin(grid), vmax=max(np.nanmax(grid), np.nanmin(grid) * 10)),
-                             rasterized=True)
+        mesh = ax.pcolormesh(
+            xs,
+            ys,
+            grid,
+            shading="nearest",
+            cmap="Greys",
+            alpha=0.55,
+            norm=LogNorm(vmin=np.nanmin(grid), vmax=max(np.nanmax(grid), np.nanmin(grid) * 10)),
+            rasterized=True,
+        )
         fig.colorbar(mesh, ax=ax, label="loss of the decoded point (log)", shrink=0.8)
         low = np.isfinite(grid) & (grid < eps)
         handles = []
         if low.any() and not low.all():
             ax.contour(xs, ys, low.astype(float), levels=[0.5], colors=[LOW_LOSS_COLOUR], linewidths=0.8)
-            handles.append(Line2D([], [], color=LOW_LOSS_COLOUR, lw=0.8, label=f"loss = τ_op ({eps:.3g}), the detector's threshold"))
+            handles.append(
+                Line2D(
+                    [], [], color=LOW_LOSS_COLOUR, lw=0.8, label=f"loss = τ_op ({eps:.3g}), the detector's threshold"
+                )
+            )
         if far_grid is not None and (far_grid > 0).any() and not (far_grid > 0).all():
-            ax.contour(xs, ys, (far_grid > 0).astype(float), levels=[0.5], colors=[NORMAL_COLOUR], linewidths=1.0,
-                       linestyles=":")
+            ax.contour(
+                xs,
+                ys,
+                (far_grid > 0).astype(float),
+                levels=[0.5],
+                colors=[NORMAL_COLOUR],
+                linewidths=1.0,
+                linestyles=":",
+            )
             handles.append(Line2D([], [], color=NORMAL_COLOUR, lw=1.0, ls=":", label="δ from the normal data"))
         blind = low & (far_grid > 0) if far_grid is not None else np.zeros_like(low)
         if blind.any():
             ax.contourf(xs, ys, blind.astype(float), levels=[0.5, 1.5], colors=[BLIND_COLOUR], alpha=0.8)
             ax.contour(xs, ys, blind.astype(float), levels=[0.5], colors=["#67000d"], linewidths=1.0)
-            handles.insert(0, Patch(facecolor=BLIND_COLOUR, edgecolor="#67000d", alpha=0.8,
-                                    label="blind: loss < τ_op and ≥ δ from normal data"))
+            handles.insert(
+                0,
+                Patch(
+                    facecolor=BLIND_COLOUR,
+                    edgecolor="#67000d",
+                    alpha=0.8,
+                    label="blind: loss < τ_op and ≥ δ from normal data",
+                ),
+            )
         if normal is not None and len(normal):
             pts = np.asarray([as_floats(p) for p in normal], dtype=np.float64)
             if pts.ndim == 2 and pts.shape[1] >= 2:
@@ -198,24 +272,53 @@ def latent_map(x: Sequence[float], y: Sequence[float], losses: Any, eps: float, 
             handles.append(Line2D([], [], ls="none", marker="x", ms=4, color="#1a1a1a", label="findings (latent)"))
         for mx, my, label in marks:
             ax.plot(mx, my, marker="o", ms=9, mfc="none", mec="black", mew=1.6, clip_on=False)
-            ax.annotate(label, (mx, my), xytext=(6, 6), textcoords="offset points", fontsize=9, weight="bold",
-                        color="black", bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "black", "lw": 0.6})
+            ax.annotate(
+                label,
+                (mx, my),
+                xytext=(6, 6),
+                textcoords="offset points",
+                fontsize=9,
+                weight="bold",
+                color="black",
+                bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "black", "lw": 0.6},
+            )
         if marks:
-            handles.append(Line2D([], [], ls="none", marker="o", ms=7, mfc="none", mec="black", mew=1.4,
-                                  label="a region (R1 …) at its witness"))
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    ls="none",
+                    marker="o",
+                    ms=7,
+                    mfc="none",
+                    mec="black",
+                    mew=1.4,
+                    label="a region (R1 …) at its witness",
+                )
+            )
         ax.set_xlim(xs.min(), xs.max())
         ax.set_ylim(ys.min(), ys.max())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title("red: blind — the detector accepts these decodes, far from the normal data" if blind.any()
-                     else "no blind cell: every low-loss decode lies within δ of the normal data")
+        ax.set_title(
+            "red: blind — the detector accepts these decodes, far from the normal data"
+            if blind.any()
+            else "no blind cell: every low-loss decode lies within δ of the normal data"
+        )
         if handles:
             ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
         return _data_uri(fig, "png", dpi=110)
 
 
-def _latent_line(xs: np.ndarray, loss: np.ndarray, eps: float, far: np.ndarray | None, normal: Any,
-                 marks: Sequence[tuple[float, float, str]], xlabel: str) -> str:
+def _latent_line(
+    xs: np.ndarray,
+    loss: np.ndarray,
+    eps: float,
+    far: np.ndarray | None,
+    normal: Any,
+    marks: Sequence[tuple[float, float, str]],
+    xlabel: str,
+) -> str:
     """The 1-D latent map: loss of the decoded point along the latent axis, the blind part (below
     ``eps`` and far) filled red, the rest below ``eps`` pale, normal latents as ticks along the bottom."""
     fig = _figure(7.2, 3.6)
@@ -223,16 +326,40 @@ def _latent_line(xs: np.ndarray, loss: np.ndarray, eps: float, far: np.ndarray |
     ax.plot(xs, loss, color="#2c3e50", lw=1.2)
     low = np.isfinite(loss) & (loss < eps)
     blind = low & (far > 0) if far is not None else np.zeros_like(low)
-    ax.fill_between(xs, 0, 1, where=low & ~blind, color=LOW_LOSS_COLOUR, alpha=0.12, transform=ax.get_xaxis_transform(),
-                    label=f"loss < τ_op ({eps:.3g}), near normal data")
+    ax.fill_between(
+        xs,
+        0,
+        1,
+        where=low & ~blind,
+        color=LOW_LOSS_COLOUR,
+        alpha=0.12,
+        transform=ax.get_xaxis_transform(),
+        label=f"loss < τ_op ({eps:.3g}), near normal data",
+    )
     if blind.any():
-        ax.fill_between(xs, 0, 1, where=blind, color=BLIND_COLOUR, alpha=0.75, transform=ax.get_xaxis_transform(),
-                        label="blind: loss < τ_op and ≥ δ from normal data")
+        ax.fill_between(
+            xs,
+            0,
+            1,
+            where=blind,
+            color=BLIND_COLOUR,
+            alpha=0.75,
+            transform=ax.get_xaxis_transform(),
+            label="blind: loss < τ_op and ≥ δ from normal data",
+        )
     ax.axhline(eps, color=LOW_LOSS_COLOUR, lw=0.8, ls="--")
     if normal is not None and len(normal):
         pts = np.asarray([as_floats(p) for p in normal], dtype=np.float64)
-        ax.plot(pts[:, 0], np.zeros(len(pts)), "|", color=NORMAL_COLOUR, ms=8, alpha=0.5,
-                transform=ax.get_xaxis_transform(), label="normal latents")
+        ax.plot(
+            pts[:, 0],
+            np.zeros(len(pts)),
+            "|",
+            color=NORMAL_COLOUR,
+            ms=8,
+            alpha=0.5,
+            transform=ax.get_xaxis_transform(),
+            label="normal latents",
+        )
     for mx, _, label in marks:
         ax.axvline(mx, color="black", lw=1)
         ax.annotate(label, (mx, 0.95), xycoords=("data", "axes fraction"), fontsize=8, weight="bold")
@@ -273,8 +400,13 @@ def gallery_image(panels: Sequence[tuple[str, np.ndarray]], low: float | None, h
             shown = img if img.ndim == 2 else np.clip((img - vlo) / max(vhi - vlo, 1e-12), 0, 1)
             if is_diff and img.ndim == 3:
                 shown = img.mean(axis=-1)
-            ax.imshow(shown, cmap="magma" if is_diff else "gray", interpolation="nearest",
-                      vmin=0 if is_diff else vlo, vmax=(float(np.nanmax(img)) or 1.0) if is_diff else vhi)
+            ax.imshow(
+                shown,
+                cmap="magma" if is_diff else "gray",
+                interpolation="nearest",
+                vmin=0 if is_diff else vlo,
+                vmax=(float(np.nanmax(img)) or 1.0) if is_diff else vhi,
+            )
             ax.set_title(title, fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])

@@ -42,5 +42,13 @@ def trained_method(extras: dict[str, Any]) -> str | None:
     return next((n for n in HARDENING_METHODS if SCORERS[n].trained_with(extras)), None)
 
 
-__all__ = ["DEFAULT_SCORERS", "HARDENING_METHODS", "SCORERS", "Scorer", "SearchObjective", "TrainingObjective",
-           "make_scorer", "trained_method"]
+__all__ = [
+    "DEFAULT_SCORERS",
+    "HARDENING_METHODS",
+    "SCORERS",
+    "Scorer",
+    "SearchObjective",
+    "TrainingObjective",
+    "make_scorer",
+    "trained_method",
+]

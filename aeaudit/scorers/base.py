@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ class Scorer(ABC):
         self.min_normal_ = float(min(held.min(), ref.min()))
         return self
 
-    def _fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor, heldout: torch.Tensor) -> None:
+    def _fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor, heldout: torch.Tensor) -> None:  # noqa: B027
         """Learn from normal data; nothing to learn by default."""
 
     @abstractmethod

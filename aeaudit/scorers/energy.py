@@ -21,6 +21,7 @@ threshold, calibrated on the held-out normal data exactly as the full score's is
 normalises the surrogate by the surrogate's own scale. The audit's float64 verification then re-scores
 every candidate with the full projection against the full score's threshold.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,23 +84,36 @@ class EnergyScorer(Scorer):
         if self.output not in ("distance", "energy"):
             raise InputError(f"energy: output {self.output!r}: choose distance or energy")
         if self.steps < 1 or self.unroll_steps < 1 or self.batch_size < 1:
-            raise InputError(f"energy: steps {self.steps}, unroll_steps {self.unroll_steps} and batch_size "
-                             f"{self.batch_size} must be at least 1")
+            raise InputError(
+                f"energy: steps {self.steps}, unroll_steps {self.unroll_steps} and batch_size "
+                f"{self.batch_size} must be at least 1"
+            )
         if not (np.isfinite(self.alpha) and self.alpha > 0 and np.isfinite(self.lam) and self.lam >= 0):
             raise InputError(f"energy: alpha {self.alpha!r} must be > 0 and lam {self.lam!r} ≥ 0 (finite)")
 
     def _fit(self, adapter: AutoencoderAdapter, reference: torch.Tensor, heldout: torch.Tensor) -> None:
         held_losses = adapter.losses(heldout)
         self.tau_min_ = float(torch.cat([adapter.losses(reference), held_losses]).min())
-        held, ref = (torch.cat([self._surrogate(part[i : i + self.batch_size].to(adapter.device, adapter.dtype)).detach()
-                                for i in range(0, part.shape[0], self.batch_size)]).double().cpu().numpy()
-                     for part in (heldout, reference))
+        held, ref = (
+            torch.cat(
+                [
+                    self._surrogate(part[i : i + self.batch_size].to(adapter.device, adapter.dtype)).detach()
+                    for i in range(0, part.shape[0], self.batch_size)
+                ]
+            )
+            .double()
+            .cpu()
+            .numpy()
+            for part in (heldout, reference)
+        )
         self.surrogate_threshold_ = float(np.quantile(held, 1.0 - self.fpr_, method="higher"))
         self.surrogate_min_ = float(min(held.min(), ref.min()))
-        self.note_ = (f"{self.steps} {self.optimizer} steps (α {self.alpha:g}, λ {self.lam:g}), "
-                      f"stop at τ_min; score = {'mean L1 distance travelled' if self.output == 'distance' else 'final energy'}; "
-                      f"adaptive search differentiates {self.unroll_steps} unrolled steps, normalised by their own "
-                      "held-out threshold")
+        self.note_ = (
+            f"{self.steps} {self.optimizer} steps (α {self.alpha:g}, λ {self.lam:g}), "
+            f"stop at τ_min; score = {'mean L1 distance travelled' if self.output == 'distance' else 'final energy'}; "
+            f"adaptive search differentiates {self.unroll_steps} unrolled steps, normalised by their own "
+            "held-out threshold"
+        )
 
     # ----------------------------------------------------------------- the projection
     def _energy_terms(self, xt: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,8 +125,9 @@ class EnergyScorer(Scorer):
         energy = 0.5 * sq.reshape(n, -1).sum(dim=1) + self.lam * (xt - x0).reshape(n, -1).abs().sum(dim=1)
         return energy, adapter.loss_of_residual(residual), sq
 
-    def project(self, x: torch.Tensor, steps: int | None = None, create_graph: bool = False,
-                stop_at_tau_min: bool = True) -> Projection:
+    def project(
+        self, x: torch.Tensor, steps: int | None = None, create_graph: bool = False, stop_at_tau_min: bool = True
+    ) -> Projection:
         """Project a data-space batch. ``create_graph``: keep the graph to ``x``; ``stop_at_tau_min``
         False: every sample takes every step (the surrogate, smooth in ``x``).
 
@@ -135,7 +150,7 @@ class EnergyScorer(Scorer):
                 energy, loss, sq = self._energy_terms(xt, x0)
                 update = None
                 if t <= steps:
-                    grad, = torch.autograd.grad(energy.sum(), xt, create_graph=create_graph)
+                    (grad,) = torch.autograd.grad(energy.sum(), xt, create_graph=create_graph)
                     update = grad * (sq if create_graph else sq.detach())
                 if prev is not None and self.optimizer == "sgd":
                     worse = ~(energy.detach() <= prev[1].detach())  # NaN counts as worse
@@ -152,7 +167,11 @@ class EnergyScorer(Scorer):
                     break
                 if self.optimizer == "adam":
                     m = (1 - ADAM_BETAS[0]) * update if m is None else ADAM_BETAS[0] * m + (1 - ADAM_BETAS[0]) * update
-                    v = (1 - ADAM_BETAS[1]) * update**2 if v is None else ADAM_BETAS[1] * v + (1 - ADAM_BETAS[1]) * update**2
+                    v = (
+                        (1 - ADAM_BETAS[1]) * update**2
+                        if v is None
+                        else ADAM_BETAS[1] * v + (1 - ADAM_BETAS[1]) * update**2
+                    )
                     update = (m / (1 - ADAM_BETAS[0] ** t)) / ((v / (1 - ADAM_BETAS[1] ** t)).sqrt() + ADAM_EPS)
                 prev = (xt, energy, loss, update, active)
                 xt = xt - (rate * active.to(rate.dtype)).reshape(shape) * update
@@ -161,23 +180,37 @@ class EnergyScorer(Scorer):
             xt, energy, loss = xt.detach(), energy.detach(), loss.detach()
         moved = (xt - x0).abs()
         n_features = moved[0].numel() if n else 1
-        return Projection(x=xt, anomaly_map=moved, energy=energy / n_features,
-                          distance=moved.reshape(n, -1).mean(dim=1), loss=loss, steps=taken)
+        return Projection(
+            x=xt,
+            anomaly_map=moved,
+            energy=energy / n_features,
+            distance=moved.reshape(n, -1).mean(dim=1),
+            loss=loss,
+            steps=taken,
+        )
 
     def _value(self, p: Projection) -> torch.Tensor:
         return p.distance if self.output == "distance" else p.energy
 
     def _surrogate(self, x: torch.Tensor) -> torch.Tensor:
         """The score over ``unroll_steps`` steps without the stop test, differentiable in ``x``."""
-        return self._value(self.project(x, steps=self.unroll_steps, create_graph=x.requires_grad,
-                                        stop_at_tau_min=False))
+        return self._value(
+            self.project(x, steps=self.unroll_steps, create_graph=x.requires_grad, stop_at_tau_min=False)
+        )
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """The full projection's score (never differentiated: the adaptive search uses the surrogate)."""
-        outs = [self._value(self.project(x[i : i + self.batch_size].detach())).detach()
-                for i in range(0, x.shape[0], self.batch_size)]
+        outs = [
+            self._value(self.project(x[i : i + self.batch_size].detach())).detach()
+            for i in range(0, x.shape[0], self.batch_size)
+        ]
         return torch.cat(outs) if outs else torch.empty(0, device=x.device)
 
     def search_objective(self) -> SearchObjective:
-        return SearchObjective(self._surrogate, self.surrogate_min_, self.surrogate_threshold_, True,
-                               f"surrogate: {self.unroll_steps} unrolled steps, its own held-out threshold")
+        return SearchObjective(
+            self._surrogate,
+            self.surrogate_min_,
+            self.surrogate_threshold_,
+            True,
+            f"surrogate: {self.unroll_steps} unrolled steps, its own held-out threshold",
+        )

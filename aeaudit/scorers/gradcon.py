@@ -26,11 +26,13 @@ cos(∂MSE/∂W_i, ref_i)`` over the same decoder weights, ``ref_i`` the plain r
 weight's gradient after the backward pass of the total loss (0 on the first step), saved with the
 model under ``gradcon_reference`` because the score needs it.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +84,9 @@ def decoder_weight_layers(adapter: AutoencoderAdapter) -> tuple[list[str], str]:
     if adapter.has_latent:
         return called, f"decoder weight layers: {', '.join(called)}"
     later = called[len(called) // 2 :]
-    return later, (f"no encoder/decoder split: used the later half of the weight layers as the decoder "
-                   f"({', '.join(later)})")
+    return later, (
+        f"no encoder/decoder split: used the later half of the weight layers as the decoder ({', '.join(later)})"
+    )
 
 
 def _script_weight_layers(adapter: AutoencoderAdapter) -> tuple[list[str], str]:
@@ -93,14 +96,18 @@ def _script_weight_layers(adapter: AutoencoderAdapter) -> tuple[list[str], str]:
         prefix = (adapter.decoder_path or "").split("[")[0] + "."
         names = [n for n in layers if n.startswith(prefix)]
         if not names:
-            raise ValueError(f"the TorchScript decoder {adapter.decoder_path!r} is a method, not a submodule with "
-                             "Linear/Conv/ConvTranspose layers; name a decoder submodule with --decoder")
+            raise ValueError(
+                f"the TorchScript decoder {adapter.decoder_path!r} is a method, not a submodule with "
+                "Linear/Conv/ConvTranspose layers; name a decoder submodule with --decoder"
+            )
         return names, f"decoder weight layers (TorchScript, module order): {', '.join(names)}"
     if not layers:
         raise ValueError("the model has no Linear/Conv/ConvTranspose layer modules to take weight gradients of")
     later = layers[len(layers) // 2 :]
-    return later, (f"no encoder/decoder split: used the later half of the weight layers as the decoder "
-                   f"({', '.join(later)}, TorchScript, module order)")
+    return later, (
+        f"no encoder/decoder split: used the later half of the weight layers as the decoder "
+        f"({', '.join(later)}, TorchScript, module order)"
+    )
 
 
 def layer(module: nn.Module, name: str) -> nn.Module:
@@ -143,8 +150,12 @@ def _factors(layer: nn.Module, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.
     return a.reshape(n, a.shape[1], -1), F.unfold(g2, k, dilation=d, padding=p, stride=s)
 
 
-def per_sample_factors(loss_fn: Callable[[torch.Tensor], torch.Tensor], layers: list[nn.Module], x: torch.Tensor,
-                       create_graph: bool = False) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+def per_sample_factors(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    layers: list[nn.Module],
+    x: torch.Tensor,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
     """``(L(x) [N], [(P_i, Q_i)])`` with per-sample ``∂L/∂W_i = P_i Q_iᵀ``, from one batched backward.
 
     Samples must not interact inside the model (true in eval mode), so the gradient of the summed
@@ -175,8 +186,12 @@ def per_sample_factors(loss_fn: Callable[[torch.Tensor], torch.Tensor], layers: 
     return loss, factors
 
 
-def per_sample_grads_hooks(loss_fn: Callable[[torch.Tensor], torch.Tensor], layers: list[nn.Module], x: torch.Tensor,
-                           create_graph: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def per_sample_grads_hooks(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    layers: list[nn.Module],
+    x: torch.Tensor,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``(L(x) [N], [per-sample ∂L/∂W_i flattened, [N, W_i.numel()]])``: the factors multiplied out."""
     loss, factors = per_sample_factors(loss_fn, layers, x, create_graph)
     return loss, [torch.bmm(p, q.transpose(1, 2)).reshape(x.shape[0], -1) for p, q in factors]
@@ -212,8 +227,9 @@ class _LossOf(nn.Module):
         return self.adapter.loss(x)
 
 
-def per_sample_grads_func(adapter: AutoencoderAdapter, names: list[str],
-                          x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def per_sample_grads_func(
+    adapter: AutoencoderAdapter, names: list[str], x: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The same as :func:`per_sample_grads_hooks` with ``torch.func.vmap(grad(...))``; covers any
     layer type ``functional_call`` handles, and stays differentiable in ``x`` when ``x`` requires grad."""
     wrapper = _LossOf(adapter)
@@ -227,8 +243,9 @@ def per_sample_grads_func(adapter: AutoencoderAdapter, names: list[str],
     return loss, [grads[f"net.{n}.weight"].reshape(x.shape[0], -1) for n in names]
 
 
-def per_sample_grads_loop(adapter: AutoencoderAdapter, names: list[str], x: torch.Tensor,
-                          create_graph: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def per_sample_grads_loop(
+    adapter: AutoencoderAdapter, names: list[str], x: torch.Tensor, create_graph: bool = False
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The reference method's evaluation: one backward pass per sample. The path for TorchScript
     models, and the yardstick of checks and benchmarks; ``create_graph`` keeps it differentiable in ``x``."""
     weights = [layer(adapter.module, n).weight for n in names]
@@ -254,8 +271,9 @@ def gradcon_score(loss: torch.Tensor, grads: list[torch.Tensor], refs: list[torc
     return _combine(loss, [(g @ r, g.norm(dim=1)) for g, r in zip(grads, refs)], refs, beta)
 
 
-def _combine(loss: torch.Tensor, dots_norms: list[tuple[torch.Tensor, torch.Tensor]], refs: list[torch.Tensor],
-             beta: float) -> torch.Tensor:
+def _combine(
+    loss: torch.Tensor, dots_norms: list[tuple[torch.Tensor, torch.Tensor]], refs: list[torch.Tensor], beta: float
+) -> torch.Tensor:
     cos = torch.stack([dot / (norm * r.norm()).clamp_min(COS_EPS) for (dot, norm), r in zip(dots_norms, refs)])
     return loss - beta * cos.mean(dim=0)
 
@@ -308,11 +326,15 @@ class GradConScorer(Scorer):
         scripted = isinstance(adapter.module, torch.jit.ScriptModule)
         self.twin_ = self._decoder_twin(adapter, reference) if scripted and self.method in ("auto", "hooks") else None
         if scripted and self.twin_ is None and self.method in ("hooks", "func"):
-            raise InputError(f"gradcon method {self.method!r} cannot run on this TorchScript model (its decoder is "
-                             "not a Sequential of standard layers); use method auto or loop")
+            raise InputError(
+                f"gradcon method {self.method!r} cannot run on this TorchScript model (its decoder is "
+                "not a Sequential of standard layers); use method auto or loop"
+            )
         layers = self._layers()
         if self.method == "hooks" and not all(map(_hookable, layers)):
-            raise InputError("gradcon method 'hooks' does not cover this model's decoder layers; use method auto or func")
+            raise InputError(
+                "gradcon method 'hooks' does not cover this model's decoder layers; use method auto or func"
+            )
         if self.method != "auto":
             self.method_ = self.method
         elif scripted and self.twin_ is None:
@@ -374,12 +396,16 @@ class GradConScorer(Scorer):
             with torch.enable_grad():
                 if self.method_ == "hooks":
                     _, factors = per_sample_factors(self._loss, self._layers(), xb)
-                    sums = [(p.detach().transpose(0, 1).flatten(1) @ q.detach().transpose(0, 1).flatten(1).T).reshape(-1)
-                            for p, q in factors]
+                    sums = [
+                        (p.detach().transpose(0, 1).flatten(1) @ q.detach().transpose(0, 1).flatten(1).T).reshape(-1)
+                        for p, q in factors
+                    ]
                 elif self.method_ == "loop":
                     sums = [g.sum(dim=0) for g in per_sample_grads_loop(self.adapter_, self.layer_names_, xb)[1]]
                 else:
-                    sums = [g.detach().sum(dim=0) for g in per_sample_grads_func(self.adapter_, self.layer_names_, xb)[1]]
+                    sums = [
+                        g.detach().sum(dim=0) for g in per_sample_grads_func(self.adapter_, self.layer_names_, xb)[1]
+                    ]
             total = sums if total is None else [t + s for t, s in zip(total, sums)]
         return [t / reference.shape[0] for t in total]
 
@@ -406,18 +432,24 @@ class GradConScorer(Scorer):
 def _stored_reference(stored: dict, adapter: AutoencoderAdapter, names: list[str]) -> list[torch.Tensor]:
     """The checkpoint's ``{"<layer>.weight": tensor}`` as flat tensors in layer order; clear errors if it does not fit."""
     if not isinstance(stored, dict):
-        raise InputError(f"checkpoint key {REFERENCE_KEY!r} must map parameter names to tensors, got {type(stored).__name__}")
+        raise InputError(
+            f"checkpoint key {REFERENCE_KEY!r} must map parameter names to tensors, got {type(stored).__name__}"
+        )
     refs = []
     for n in names:
         key = f"{n}.weight"
         weight = layer(adapter.module, n).weight
         if key not in stored:
-            raise InputError(f"checkpoint key {REFERENCE_KEY!r} has no entry {key!r} (has {', '.join(map(str, stored))}); "
-                             "save one reference gradient per decoder weight")
+            raise InputError(
+                f"checkpoint key {REFERENCE_KEY!r} has no entry {key!r} (has {', '.join(map(str, stored))}); "
+                "save one reference gradient per decoder weight"
+            )
         ref = torch.as_tensor(stored[key])
         if ref.numel() != weight.numel():
-            raise InputError(f"{REFERENCE_KEY}[{key!r}] has {ref.numel()} values but the weight has {weight.numel()} "
-                             f"(shape {tuple(weight.shape)})")
+            raise InputError(
+                f"{REFERENCE_KEY}[{key!r}] has {ref.numel()} values but the weight has {weight.numel()} "
+                f"(shape {tuple(weight.shape)})"
+            )
         if not math.isfinite(float(ref.double().norm())):
             raise InputError(f"{REFERENCE_KEY}[{key!r}] holds NaN or inf")
         refs.append(ref.reshape(-1).to(adapter.device, adapter.dtype))
@@ -453,8 +485,10 @@ class GradConObjective(TrainingObjective):
         return (self.adapter.forward_model(xm) - xm).pow(2).mean()
 
     def alignment(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        cos = [F.cosine_similarity(g.reshape(1, -1), (s / self.count).reshape(1, -1), eps=COS_EPS)[0]
-               for g, s in zip(grads, self.grad_sum)]
+        cos = [
+            F.cosine_similarity(g.reshape(1, -1), (s / self.count).reshape(1, -1), eps=COS_EPS)[0]
+            for g, s in zip(grads, self.grad_sum)
+        ]
         return torch.stack(cos).mean()
 
     def loss(self, xm: torch.Tensor) -> torch.Tensor:
@@ -472,8 +506,10 @@ class GradConObjective(TrainingObjective):
 
     @torch.no_grad()
     def heldout(self, xm: torch.Tensor, batch_size: int) -> float:
-        total = sum(float(self.mse(xm[i : i + batch_size])) * xm[i : i + batch_size].shape[0]
-                    for i in range(0, xm.shape[0], batch_size))
+        total = sum(
+            float(self.mse(xm[i : i + batch_size])) * xm[i : i + batch_size].shape[0]
+            for i in range(0, xm.shape[0], batch_size)
+        )
         return total / xm.shape[0]
 
     def snapshot(self) -> dict[str, torch.Tensor]:

@@ -79,21 +79,30 @@ class TollScorer(Scorer):
             self.beta_ = float(self.beta)
             self.posthoc = trained is None
             self.note_ = f"β = {self.beta_:.4g} (given)" + (
-                "; post-hoc: the model was not trained with Toll's penalty" if self.posthoc else "")
+                "; post-hoc: the model was not trained with Toll's penalty" if self.posthoc else ""
+            )
         elif trained is not None:
             self.beta_ = trained
             self.note_ = f"β = {trained:.4g} from the checkpoint ({BETA_KEY})"
         else:
             with torch.no_grad():
-                terms = [toll_terms(adapter, adapter.to_model_space(reference[i : i + self.fit_batch_size]
-                                                                    .to(adapter.device, adapter.dtype)))
-                         for i in range(0, reference.shape[0], self.fit_batch_size)]
+                terms = [
+                    toll_terms(
+                        adapter,
+                        adapter.to_model_space(
+                            reference[i : i + self.fit_batch_size].to(adapter.device, adapter.dtype)
+                        ),
+                    )
+                    for i in range(0, reference.shape[0], self.fit_batch_size)
+                ]
             rec = torch.cat([t[0] for t in terms]).double().quantile(0.5).item()
             lat = torch.cat([t[1] for t in terms]).double().quantile(0.5).item()
             self.beta_ = rec / lat if lat > 0 else 0.0
             self.posthoc = True
-            self.note_ = (f"post-hoc: β = {self.beta_:.4g} equalises the median reconstruction distance and the "
-                          "median latent norm on normal data (the model was not trained with Toll's penalty)")
+            self.note_ = (
+                f"post-hoc: β = {self.beta_:.4g} equalises the median reconstruction distance and the "
+                "median latent norm on normal data (the model was not trained with Toll's penalty)"
+            )
         if not math.isfinite(self.beta_) or self.beta_ < 0:
             raise InputError(f"toll β = {self.beta_}: must be a finite number ≥ 0")
 
@@ -103,8 +112,9 @@ class TollScorer(Scorer):
     @classmethod
     def training_objective(cls, adapter: AutoencoderAdapter, beta: float = 10.0, **_: Any) -> TollObjective:
         if not adapter.has_latent:
-            raise InputError(f"--method toll penalises the latent code and needs the encoder/decoder split: "
-                             f"{adapter.split_reason}")
+            raise InputError(
+                f"--method toll penalises the latent code and needs the encoder/decoder split: {adapter.split_reason}"
+            )
         return TollObjective(adapter, beta)
 
 
@@ -122,8 +132,10 @@ class TollObjective(TrainingObjective):
 
     @torch.no_grad()
     def heldout(self, xm: torch.Tensor, batch_size: int) -> float:
-        total = sum(float(toll_loss(self.adapter, xm[i : i + batch_size], self.beta).sum())
-                    for i in range(0, xm.shape[0], batch_size))
+        total = sum(
+            float(toll_loss(self.adapter, xm[i : i + batch_size], self.beta).sum())
+            for i in range(0, xm.shape[0], batch_size)
+        )
         return total / xm.shape[0]
 
     def checkpoint_extras(self, snapshot: Any) -> dict[str, Any]:
