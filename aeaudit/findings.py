@@ -259,6 +259,48 @@ def verify(
     return findings
 
 
+def measured_finding(
+    verifier: Verifier,
+    *,
+    kind: str,
+    probe: str,
+    severity: str,
+    loss: float,
+    distance: float,
+    nearest: int,
+    x: np.ndarray,
+    reconstruction: np.ndarray | None,
+    objective: str = "recon",
+    score: float | None = None,
+    threshold: float | None = None,
+    latent: list[float] | None = None,
+    details: dict | None = None,
+) -> Finding:
+    """A verified finding from float64 measurements; ``nearest`` is the verifier's index of the
+    nearest normal sample. Every finding, search or certificate, is built here."""
+    b = verifier.baseline
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return Finding(
+            kind=kind,
+            probe=probe,
+            severity=severity,
+            objective=objective,
+            loss=float(loss),
+            loss_ratio=float(loss / b.tau_op),
+            loss_ratio_min=float(loss / b.tau_min) if b.tau_min > 0 else float("inf"),
+            distance=float(distance),
+            distance_ratio=float(distance / b.scale),
+            verified=True,
+            nearest_index=verifier.data_row(int(nearest)),
+            score=score,
+            score_threshold=threshold,
+            x=x,
+            reconstruction=reconstruction,
+            latent=latent,
+            details=details or {},
+        )
+
+
 def _finding(
     cands: Candidates,
     i: int,
@@ -273,27 +315,23 @@ def _finding(
     threshold: float | None,
     details: dict | None = None,
 ) -> Finding:
-    b = verifier.baseline
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return Finding(
-            kind=cands.kind,
-            probe=cands.probe,
-            severity=severity,
-            objective=objective,
-            loss=float(loss),
-            loss_ratio=float(loss / b.tau_op),
-            loss_ratio_min=float(loss / b.tau_min) if b.tau_min > 0 else float("inf"),
-            distance=float(dist),
-            distance_ratio=float(dist / b.scale),
-            verified=True,
-            nearest_index=verifier.data_row(int(nn_index)),
-            score=score,
-            score_threshold=threshold,
-            x=cands.x[i].detach().cpu().double().numpy(),
-            reconstruction=rec,
-            latent=cands.latent[i].detach().cpu().double().flatten().tolist() if cands.latent is not None else None,
-            details=details or {},
-        )
+    latent = cands.latent[i].detach().cpu().double().flatten().tolist() if cands.latent is not None else None
+    return measured_finding(
+        verifier,
+        kind=cands.kind,
+        probe=cands.probe,
+        severity=severity,
+        loss=loss,
+        distance=dist,
+        nearest=nn_index,
+        x=cands.x[i].detach().cpu().double().numpy(),
+        reconstruction=rec,
+        objective=objective,
+        score=score,
+        threshold=threshold,
+        latent=latent,
+        details=details,
+    )
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..baseline import Baseline
-from ..findings import Finding, Verifier
+from ..findings import Finding, Verifier, measured_finding
 from ..geometry import Domain
 from ..model.adapter import AutoencoderAdapter
 from .base import ProbeContext
@@ -226,18 +226,14 @@ def certificate(
 ) -> Finding:
     """A verified ``certificate`` finding from float64 measurements (``nearest``: the verifier's index
     of the nearest normal sample)."""
-    b = verifier.baseline
-    return Finding(
+    return measured_finding(
+        verifier,
         kind="certificate",
         probe=probe,
         severity=severity,
-        loss=float(loss),
-        loss_ratio=float(loss / b.tau_op),
-        loss_ratio_min=float(loss / b.tau_min) if b.tau_min > 0 else math.inf,
-        distance=float(distance),
-        distance_ratio=float(distance / b.scale),
-        verified=True,
-        nearest_index=verifier.data_row(int(nearest)),
+        loss=loss,
+        distance=distance,
+        nearest=nearest,
         x=x,
         reconstruction=reconstruction,
         details=details,
