@@ -224,3 +224,49 @@ def test_model_loss_must_agree_before_a_counterexample_counts():
     refuse = lambda x: torch.full((x.shape[0],), torch.inf, dtype=DTYPE)  # noqa: E731
     result = certify_input(net, ref, lo, hi, tau_op=1e-3, delta=0.5, max_boxes=200, model_loss=refuse)
     assert result.counterexamples_found == 0 and result.counts["falsified"] == 0
+
+
+# ----------------------------------------------------------------------------- from a loaded model
+def test_scanned_torchscript_model_gets_a_complete_certificate(tmp_path):
+    """The constant autoencoder (no blind spot) loaded from TorchScript through the audit's own
+    preparation: every box of the input region and of the latent box ends certified or near."""
+    from helpers import save_constant_case
+
+    from aeaudit import ScanConfig
+    from aeaudit.audit import prepare
+    from aeaudit.bounds.from_adapter import input_network_for, latent_network_for, model_loss_for
+
+    model_path, data_path = save_constant_case(tmp_path)
+    state = prepare(str(model_path), str(data_path), ScanConfig(quiet=True))
+    b, a64 = state.baseline, state.verifier.adapter
+    ref = b.reference.to("cpu", DTYPE)
+    net = input_network_for(a64, ref)
+    lo, hi, _ = input_region(ref, b.domain.low, b.domain.high)
+    result = certify_input(net, ref, lo, hi, tau_op=b.tau_op, delta=b.min_distance, model_loss=model_loss_for(a64))
+    assert result.complete and result.certified_or_near == pytest.approx(1.0) and result.shares["certified"] > 0.5
+    latent = latent_network_for(a64, torch.zeros(3, 1, dtype=DTYPE), b.domain)
+    result = certify_latent(latent, ref, [-5.0], [5.0], tau_op=b.tau_op, delta=b.min_distance)
+    assert result.complete  # every code decodes to the data mean: all near
+
+
+def test_pyod_detector_chain_follows_its_forward(tmp_path):
+    """PyOD's LinearBlock applies batch norm before the activation; the chain must match the detector's
+    own score (standardisation and Euclidean loss included)."""
+    pytest.importorskip("pyod")
+    joblib = pytest.importorskip("joblib")
+    from pyod.models.auto_encoder import AutoEncoder
+
+    from aeaudit.bounds.from_adapter import input_network_for
+    from aeaudit.model.loading import load_model
+
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(240, 4)) * [1, 2, 3, 4] + [0, 1, 2, 3]).astype(np.float32)
+    det = AutoEncoder(epoch_num=2, batch_size=64, hidden_neuron_list=[8, 2], batch_norm=True, verbose=0, random_state=0)
+    det.fit(data)
+    joblib.dump(det, tmp_path / "ae.joblib")
+    adapter = load_model(tmp_path / "ae.joblib", device="cpu", trust_checkpoint=True)
+    adapter.input_shape = (4,)
+    net = input_network_for(adapter.to("cpu", torch.float64), torch.as_tensor(data[:64]))
+    assert [op.name for op in net.ops[:4]] == ["standardize", "Linear", "BatchNorm1d", "ReLU"]
+    x = torch.as_tensor(data[64:80], dtype=DTYPE)
+    assert net.evaluate(x)[0].tolist() == pytest.approx(det.decision_function(data[64:80]).tolist(), rel=1e-5)

@@ -1,8 +1,8 @@
 """From a torch module to the chain of operations the bound engine understands.
 
 Accepted: an ``nn.Sequential`` (also nested, also TorchScript-scripted: a scripted Sequential runs
-its children in order and each child keeps its class name in ``original_name``) or a single
-supported layer. Supported layers: Linear, Conv2d, ConvTranspose2d (zero padding), ReLU,
+its children in order and each child keeps its class name in ``original_name``), PyOD's
+``LinearBlock``, or a single supported layer. Supported layers: Linear, Conv2d, ConvTranspose2d (zero padding), ReLU,
 LeakyReLU (slope in [0, 1]), Sigmoid, Tanh, Identity, Dropout (identity in eval mode), Flatten,
 Unflatten, BatchNorm1d/2d (eval mode, running statistics), AvgPool2d. Anything else raises
 :class:`CannotBound` with the reason; MaxPool2d is among them (no relaxation implemented).
@@ -29,6 +29,9 @@ def kind_of(module: Any) -> str:
 
 IDENTITIES = {"Identity", "Dropout", "Dropout1d", "Dropout2d", "AlphaDropout"}
 ACTIVATIONS = {"ReLU", "LeakyReLU", "Sigmoid", "Tanh"}
+# PyOD's LinearBlock.forward: linear → batch norm → activation → dropout (not its registration order;
+# every chain is also checked numerically against the model's own loss before use: network.check_against)
+PYOD_BLOCK_ORDER = ("linear", "bn", "activation", "dropout")
 MODE_DEPENDENT = IDENTITIES - {"Identity"} | {"BatchNorm1d", "BatchNorm2d"}  # behave differently in training mode
 
 
@@ -44,14 +47,21 @@ def to_ops(module: Any, in_shape: tuple[int, ...], where: str = "model") -> list
     if kind in MODE_DEPENDENT and getattr(module, "training", False):
         raise CannotBound(f"{where} ({kind}) is in training mode; bounds hold for eval mode only")
     if kind == "Sequential":
-        ops: list[Op] = []
-        shape = tuple(in_shape)
-        for name, child in module.named_children():
-            for op in to_ops(child, shape, f"{where}.{name}"):
-                ops.append(op)
-                shape = op.out_shape
-        return ops
+        return _chain(list(module.named_children()), in_shape, where)
+    if kind == "LinearBlock":
+        children = dict(module.named_children())
+        return _chain([(n, children[n]) for n in PYOD_BLOCK_ORDER if n in children], in_shape, where)
     return _layer(module, kind, tuple(in_shape), where)
+
+
+def _chain(children: list[tuple[str, Any]], in_shape: tuple[int, ...], where: str) -> list[Op]:
+    ops: list[Op] = []
+    shape = tuple(in_shape)
+    for name, child in children:
+        for op in to_ops(child, shape, f"{where}.{name}"):
+            ops.append(op)
+            shape = op.out_shape
+    return ops
 
 
 def _tensor(module: Any, name: str) -> torch.Tensor | None:

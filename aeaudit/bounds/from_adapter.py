@@ -36,8 +36,8 @@ def input_network_for(adapter64, normal: torch.Tensor) -> Network:
 def latent_network_for(adapter64, latents: torch.Tensor, domain=None) -> Network:
     """The latent-map chain ``z ↦ loss(clamp(D(z)))``, checked on ``latents`` (e.g. normal codes).
     ``domain``: a :class:`~aeaudit.geometry.Domain`, or ``None`` (unbounded)."""
-    if not adapter64.has_latent:
-        raise CannotBound(f"no latent map: {adapter64.split_reason or 'no encoder/decoder split'}")
+    if not adapter64.has_latent or adapter64.latent_shape is None:
+        raise CannotBound(f"no latent map: {adapter64.split_reason or 'no encoder/decoder split or latent shape'}")
     bounded = domain is not None and domain.bounded
     net = latent_network(
         adapter64.encoder,
