@@ -174,8 +174,10 @@ def test_affine_adjoints_match_autograd():
         nn.AvgPool2d(2, stride=1),
         nn.ConvTranspose2d(3, 2, 4, stride=2, padding=1, output_padding=0, groups=1),
         nn.Conv2d(2, 4, 2, groups=2),
+        nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1, groups=2, dilation=1),
+        nn.Conv2d(4, 2, 3, dilation=2, padding=1),
         nn.Flatten(),
-        nn.Linear(4 * 5 * 5, 5),
+        nn.Linear(2 * 8 * 8, 5),
     ).eval()
     for op in to_ops(seq, (2, 7, 7)):
         assert isinstance(op, Affine)

@@ -330,8 +330,10 @@ class _Run:
         self.frontier = _Frontier(order)
         self.frontier.push(zero, zero.clone(), torch.zeros(1, dtype=DTYPE))
         self.done: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {s: [] for s in STATES[:3]}
-        self.volume: dict[str, list[float]] = {s: [] for s in STATES[:3]}
-        self.cex: list = []
+        self.volume: dict[str, list[float]] = {s: [] for s in STATES[:3]}  # exact per-batch sums
+        self.running = dict.fromkeys(STATES[:3], 0.0)  # for the history only
+        self.cex: list[Counterexample] = []
+        self.cex_found = 0
         self.cex_inputs = torch.empty(0, d, dtype=DTYPE)
         self.evaluations = self.pgd_points = 0
         self.history: list[dict] = []
@@ -351,7 +353,7 @@ class _Run:
                 {
                     "seconds": round(time.perf_counter() - started, 3),
                     "evaluations": self.evaluations,
-                    **{s: self._share(s) for s in STATES[:3]},
+                    **self.running,
                 }
             )
         return self._result(stop, time.perf_counter() - started)
@@ -366,7 +368,7 @@ class _Run:
         open_ = torch.nonzero(~certified).flatten()
         near[open_] = near_boxes(self.ref, b.point_lo[open_], b.point_hi[open_], r.delta)
         rest = ~(certified | near)
-        has_cex = rest & self._holds_counterexample(lo, hi)
+        has_cex = rest & self._holds_counterexample(lo, hi)[0]
         geometric = rest.clone()  # boxes with a known low-loss point cannot be certified: split by geometry
         attempt = torch.nonzero(rest & ~has_cex).flatten()
         if attempt.numel():
@@ -387,15 +389,19 @@ class _Run:
             self.pgd_points += a.evaluations
             self._record(a)
             has_cex[attempt] = a.found
+            self.cex_inputs = torch.cat([self.cex_inputs, a.inputs[a.found]])
             geometric[attempt] = a.low
         falsified = torch.zeros_like(certified)
         check = torch.nonzero(has_cex).flatten()
         if check.numel():  # a counterexample makes the box falsified once the whole box is far
             falsified[check] = far_lower_bound(self.ref, b.point_lo[check], b.point_hi[check]) >= r.delta
+            if falsified.any():  # a point inside a finished box is in no open box: forget it
+                self.cex_inputs = self.cex_inputs[~self._holds_counterexample(lo[falsified], hi[falsified])[1]]
         for state, mask in (("certified", certified), ("near", near), ("falsified", falsified)):
             if mask.any():
                 self.done[state].append((levels[mask], index[mask]))
-                self.volume[state].append(math.fsum(_volumes(levels[mask])))  # one exact sum per batch
+                self.volume[state].append(math.fsum(_volumes(levels[mask])))
+                self.running[state] += self.volume[state][-1]
         todo = rest & ~falsified
         if todo.any():
             self._split(
@@ -406,23 +412,23 @@ class _Run:
                 b.loss_lower[todo] / r.tau_op,
             )
 
-    def _holds_counterexample(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-        if not len(self.cex_inputs):
-            return torch.zeros(lo.shape[0], dtype=torch.bool)
+    def _holds_counterexample(self, lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(box holds a stored counterexample [B], point lies in one of the boxes [C])``."""
         z = self.cex_inputs.unsqueeze(0)
-        return ((z >= lo.unsqueeze(1)) & (z <= hi.unsqueeze(1))).all(dim=2).any(dim=1)
+        inside = ((z >= lo.unsqueeze(1)) & (z <= hi.unsqueeze(1))).all(dim=2)  # [B, C]
+        return inside.any(dim=1), inside.any(dim=0)
 
     def _record(self, a) -> None:
-        found = torch.nonzero(a.found).flatten()
-        if not found.numel():
-            return
-        self.cex_inputs = torch.cat([self.cex_inputs, a.inputs[found]])
-        for i in found.tolist():
-            self.cex.append(
-                Counterexample(
-                    a.inputs[i].numpy(), a.points[i].numpy(), float(a.loss[i]), float(a.distance[i]), int(a.nearest[i])
-                )
+        """Count the verified points; keep the ``MAX_COUNTEREXAMPLES`` with the lowest loss."""
+        found = torch.nonzero(a.found).flatten().tolist()
+        self.cex_found += len(found)
+        for i in found:
+            point = Counterexample(
+                a.inputs[i].numpy(), a.points[i].numpy(), float(a.loss[i]), float(a.distance[i]), int(a.nearest[i])
             )
+            self.cex.append(point)
+        if len(self.cex) > 2 * MAX_COUNTEREXAMPLES:
+            self.cex = sorted(self.cex, key=lambda c: c.loss)[:MAX_COUNTEREXAMPLES]
 
     def _split(
         self,
@@ -486,7 +492,7 @@ class _Run:
             seconds,
             boxes,
             cex,
-            len(self.cex),
+            self.cex_found,
             self.history,
         )
 

@@ -19,7 +19,7 @@ Two methods, both in float64:
 Rounding. Every computed bound is widened outward by ``REL_MARGIN × M``, where ``M`` is an a-priori
 magnitude of all terms summed into that quantity (absolute values propagated through ``|W|``,
 biases and relaxation intercepts; relaxation slopes are ≤ 1). A float64 sum of n terms errs by at
-most ``n·2⁻⁵³·Σ|terms|``, so ``1e-10`` covers chains whose fan-ins add up to about 10⁵·9.
+most ``n·2⁻⁵³·Σ|terms|``, so ``1e-10`` covers chains whose fan-ins add up to about 10⁶.
 """
 
 from __future__ import annotations
