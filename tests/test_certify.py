@@ -270,3 +270,16 @@ def test_pyod_detector_chain_follows_its_forward(tmp_path):
     assert [op.name for op in net.ops[:4]] == ["standardize", "Linear", "BatchNorm1d", "ReLU"]
     x = torch.as_tensor(data[64:80], dtype=DTYPE)
     assert net.evaluate(x)[0].tolist() == pytest.approx(det.decision_function(data[64:80]).tolist(), rel=1e-5)
+
+
+def test_seeds_from_other_searches_are_reverified_and_falsify_their_boxes():
+    m = projection_ae()
+    ref = ray_data()
+    net = input_network([m.encoder, m.decoder], (2,))
+    seeds = torch.tensor([[5.5, 0.0], [5.5, 0.9], [50.0, 0.0]], dtype=DTYPE)  # blind; too lossy; outside the box
+    kwargs = dict(tau_op=1e-3, delta=0.5, seeds=seeds)
+    untouched = certify_input(net, ref, [-3.0, -1.0], [6.0, 1.0], deadline=lambda: True, **kwargs)
+    assert untouched.counterexamples_found == 1 and untouched.counterexamples[0].point.tolist() == [5.5, 0.0]
+    result = certify_input(net, ref, [-3.0, -1.0], [6.0, 1.0], max_boxes=200, pgd_starts=1, pgd_steps=0, **kwargs)
+    lo, hi = result.box_bounds("falsified")
+    assert ((lo <= [5.5, 0.0]) & (hi >= [5.5, 0.0])).all(axis=1).any()

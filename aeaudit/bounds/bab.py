@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from .distance import ReferenceSet, far_lower_bound, near_boxes
-from .falsify import falsify
+from .falsify import Attempt, falsify, verify
 from .network import Network
 from .ops import DTYPE
 from .propagate import bound_boxes, plan
@@ -283,6 +283,7 @@ def branch_and_bound(
     generator: torch.Generator | None = None,
     deadline: Callable[[], bool] | None = None,
     model_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    seeds: torch.Tensor | None = None,
 ) -> CertifyResult:
     """Run branch and bound over ``region``; see the module docstring.
 
@@ -290,7 +291,9 @@ def branch_and_bound(
     ``"forward"``); ``split``: ``"smear"`` or ``"widest"`` (default: smear with CROWN). ``max_boxes``:
     box evaluations; ``pgd_*``: falsification effort per box (``pgd_steps = 0``: evaluate the starts
     only). ``model_loss``: the model's own float64 loss of data-space points, required to agree
-    before a counterexample counts. ``deadline()``: True when time is up."""
+    before a counterexample counts. ``deadline()``: True when time is up. ``seeds``: chain inputs
+    (data-space points, or latent codes) of blind spots found elsewhere, e.g. by the searches; those
+    that verify here count as counterexamples from the start, so boxes holding them can be falsified."""
     split = split or ("smear" if method == "crown" else "widest")
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: choose one of {', '.join(SPLITS)}")
@@ -313,6 +316,8 @@ def branch_and_bound(
         deadline,
         model_loss,
     )
+    if seeds is not None:
+        run.seed(seeds)
     return run.go()
 
 
@@ -337,6 +342,19 @@ class _Run:
         self.cex_inputs = torch.empty(0, d, dtype=DTYPE)
         self.evaluations = self.pgd_points = 0
         self.history: list[dict] = []
+
+    def seed(self, inputs: torch.Tensor) -> None:
+        """Take verified points found elsewhere (inside the root box) as known counterexamples."""
+        z = inputs.detach().to("cpu", DTYPE).reshape(inputs.shape[0], -1)
+        z = z[((z >= self.low) & (z <= self.high)).all(dim=1)]
+        if not len(z):
+            return
+        with torch.no_grad():
+            loss, point = self.net.evaluate(z)
+        r = self.region
+        ok, dist, nearest = verify(self.ref, point, loss, tau_op=r.tau_op, delta=r.delta, model_loss=self.model_loss)
+        self._record(Attempt(ok, z, point, loss, dist, nearest, len(z)))
+        self.cex_inputs = torch.cat([self.cex_inputs, z[ok]])
 
     def go(self) -> CertifyResult:
         started = time.perf_counter()

@@ -71,19 +71,34 @@ def falsify(
     z, point, loss, box_of = (torch.cat(t) for t in zip(*cands))
     low = torch.zeros(B, dtype=torch.bool)
     low[box_of[loss <= tau_op]] = True
+    ok, dist, nearest = verify(ref, point, loss, tau_op=tau_op, delta=delta, model_loss=model_loss)
+    attempt = _best_per_box(B, d, ok, z, point, loss, dist, nearest, box_of, evaluations)
+    attempt.low = low
+    return attempt
+
+
+def verify(
+    ref: ReferenceSet,
+    point: torch.Tensor,
+    loss: torch.Tensor,
+    *,
+    tau_op: float,
+    delta: float,
+    model_loss: Callable[[torch.Tensor], torch.Tensor] | None = None,
+):
+    """``(ok, distance, nearest)``: float64 ``loss ≤ τ_op``, exact distance ``≥ δ`` and, when given,
+    the model's own loss ``≤ τ_op``. Distances are measured only where the loss already qualifies."""
     ok = (loss <= tau_op) & torch.isfinite(loss)
     dist = torch.full_like(loss, torch.nan)
     nearest = torch.full(loss.shape, -1, dtype=torch.long)
-    idx = torch.nonzero(ok).flatten()  # exact distances only where the loss already qualifies
+    idx = torch.nonzero(ok).flatten()
     if idx.numel():
         dist[idx], nearest[idx] = ref.distance(point[idx])
         ok[idx] = dist[idx] >= delta
     idx = torch.nonzero(ok).flatten()
     if model_loss is not None and idx.numel():
         ok[idx] = model_loss(point[idx]).to(DTYPE).flatten() <= tau_op
-    attempt = _best_per_box(B, d, ok, z, point, loss, dist, nearest, box_of, evaluations)
-    attempt.low = low
-    return attempt
+    return ok, dist, nearest
 
 
 def _evaluate(net: Network, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
