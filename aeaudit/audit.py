@@ -71,6 +71,18 @@ class AuditResult:
         return exit_code(self.outcome, self.config.inconclusive)
 
     @property
+    def certification(self) -> dict[str, bool]:
+        """Per region the certify check examined: whether it ended 100 % certified-or-near."""
+        art = self.artifacts.get("certify")
+        return dict(art.get("certified") or {}) if isinstance(art, dict) else {}
+
+    @property
+    def certified(self) -> bool:
+        """A *certified PASS*: a PASS whose every examined region is proven free of blind spots."""
+        cert = self.certification
+        return self.outcome is Outcome.PASS and bool(cert) and all(cert.values())
+
+    @property
     def evaluations(self) -> int:
         return sum(int(p.get("evaluations") or 0) for p in self.probes)
 
@@ -90,10 +102,16 @@ class AuditResult:
                 f"INCONCLUSIVE: {self.stopped or 'some planned work did not complete'}; nothing at or above the "
                 f"gate in the {self.evaluations:,} evaluations done{note} ({gate})"
             )
+        checks = sum(p.get("status") == "complete" for p in self.probes)
+        if self.certified:
+            spaces = " and ".join(f"the {s} region" for s in self.certification)
+            return (
+                f"PASS (certified): bounds prove {spaces} free of blind spots (no input ≥ δ from the normal data "
+                f"reconstructs below τ_op), and {checks} checks found nothing at or above the gate{note} ({gate})"
+            )
         return (
-            f"PASS: nothing at or above the gate in {self.evaluations:,} evaluations of "
-            f"{sum(p.get('status') == 'complete' for p in self.probes)} checks (search evidence, not proof){note} "
-            f"({gate})"
+            f"PASS: nothing at or above the gate in {self.evaluations:,} evaluations of {checks} checks "
+            f"(search evidence, not proof){note} ({gate})"
         )
 
     def to_dict(self, with_arrays: bool = True) -> dict[str, Any]:
@@ -106,6 +124,8 @@ class AuditResult:
             "status": self.status,
             "stopped": self.stopped,
             "outcome": self.outcome.value,
+            "certified": self.certified,
+            "certification": self.certification,
             "verdict": self.verdict,
             "gate": {
                 "fail_on": self.config.fail_on,

@@ -18,12 +18,13 @@ from .baseline import Baseline
 from .config import ScanConfig
 from .effort import Stop
 from .errors import InputError, one_line
-from .findings import Finding, Verifier, prefilter, verify
+from .findings import Finding, Verifier, prefilter, rank_key, verify
 from .model.adapter import AutoencoderAdapter
 from .probes import Objective, Probe, ProbeContext, ProbeResult
 from .progress import Reporter
 
 log = logging.getLogger(__name__)
+SEEDS_MAX = 256  # findings handed to later probes as seeds (the certify check falsifies their boxes)
 
 
 @dataclass
@@ -82,8 +83,10 @@ def run_probes(
                 )
             )
             continue
+        ctx = state.context(objective)
+        ctx.seeds, ctx.latent_seeds = _seeds(findings)
         try:
-            result = probe.run(state.context(objective))
+            result = probe.run(ctx)
         except KeyboardInterrupt:  # the library without the CLI's signal handler: keep what was found
             results.append(ProbeResult(probe.name, probe.kind, status="incomplete", reason="interrupted (Ctrl-C)"))
             state.stop.interrupt("Ctrl-C")
@@ -124,3 +127,17 @@ def run_probes(
             findings.extend(verified)
         results.append(result)
     return results, findings
+
+
+def _seeds(findings: list[Finding]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The inputs (and latent codes, where all have one) of the far, low-loss findings so far, best first."""
+    far = sorted(
+        (f for f in findings if f.severity in ("critical", "high") and f.x is not None and f.kind != "non-finite"),
+        key=rank_key,
+    )[:SEEDS_MAX]
+    if not far:
+        return None, None
+    x = torch.as_tensor(np.stack([f.x.reshape(-1) for f in far]), dtype=torch.float64)
+    latent = [f.latent for f in far if f.latent is not None]
+    z = torch.as_tensor(np.asarray(latent), dtype=torch.float64) if latent else None
+    return x, z

@@ -16,6 +16,7 @@ from aeaudit.probes import PROBES, make_probe
 
 # small work for every probe; each probe takes the keys it has
 QUICK = {
+    "max_boxes": 400,
     "steps": 20,
     "starts": 8,
     "farthest_starts": 4,

@@ -7,6 +7,7 @@ from ..errors import InputError
 from ..settings import constructor_kwargs
 from .affine import AffineCheck
 from .base import Objective, Probe, ProbeContext, ProbeResult
+from .certify import Certify
 from .far_field import FarField
 from .latent_grid import LatentGrid
 from .pca_reference import PCAReference
@@ -21,6 +22,7 @@ PROBES: dict[str, type[Probe]] = {
     LatentPGD.name: LatentPGD,
     InputPGD.name: InputPGD,
     RandomSearch.name: RandomSearch,
+    Certify.name: Certify,  # last: the searches' findings seed its branch and bound
 }
 DEFAULT_PROBES: tuple[str, ...] = tuple(PROBES)
 

@@ -59,6 +59,8 @@ class ProbeContext:
     seed: int = 0
     reporter: Reporter = SILENT
     verifier: Verifier | None = None
+    seeds: torch.Tensor | None = None  # inputs of the far, low-loss findings verified so far in this run
+    latent_seeds: torch.Tensor | None = None  # the latent codes of those that came from latent space
 
     def generator(self, salt: int = 0) -> torch.Generator:
         """A seeded generator on the CPU (draw there, then move: identical across devices)."""
