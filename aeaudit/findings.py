@@ -27,6 +27,8 @@ PREFILTER_DISTANCE_SLACK = 0.9
 MAX_VERIFY = 4096
 MAX_NONFINITE = 64  # non-finite candidates verified per probe: one is enough to fail, a few show the extent
 SCREEN_AFTER_STOP = 1024  # candidates still screened per probe once the time limit or a signal has come
+VERIFY_WORK = 1 << 26  # parameters × rows of one float64 verification batch (512 rows for small models)
+VERIFY_AFTER_STOP = 64  # ... and verified: one small batch, so a large model overruns the cap by little
 MERGE_FRACTION = 0.25  # findings closer than 0.25·s to a better one are near-duplicates
 NON_FINITE = "non-finite"
 
@@ -130,6 +132,9 @@ class Verifier:
             log.warning("float64 copy of the model failed (%s); verifying in %s on the CPU", exc, adapter.dtype)
             self.adapter, self.dtype = self.native, adapter.dtype
         self.neighbours = NearestNeighbours(baseline.normal.detach().to("cpu", torch.float64))
+        # rows per float64 batch: fewer for large models, so that a stop waits for little work
+        n_params = sum(p.numel() for p in self.adapter.module.parameters())
+        self.batch_size = int(min(512, max(16, VERIFY_WORK // max(n_params, 1))))
 
     @property
     def dtype_name(self) -> str:
@@ -141,11 +146,12 @@ class Verifier:
 
     @torch.no_grad()
     def measure(
-        self, x: torch.Tensor, batch_size: int = 512, stop: Stop = NEVER
+        self, x: torch.Tensor, batch_size: int | None = None, stop: Stop = NEVER
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Return float64 ``(loss, distance, nearest normal index, reconstruction)``; a ``stop`` that
         is reached between batches ends the measurement early (fewer rows come back)."""
         losses, dists, idxs, recs = [], [], [], []
+        batch_size = batch_size or self.batch_size
         for i in range(0, x.shape[0], batch_size):
             if i and stop.reached():
                 break
@@ -191,8 +197,10 @@ def prefilter(
     if len(cands) == 0:
         return cands, cands
     threshold = baseline.tau_op if threshold is None else threshold
-    if stop.reached():  # past the time limit or a signal: screen one batch, no more
-        cands = cands.take(torch.arange(min(len(cands), SCREEN_AFTER_STOP)))
+    if stop.reached():  # past the time limit or a signal: screen one small batch, no more
+        n_params = sum(p.numel() for p in adapter.module.parameters())
+        most = min(SCREEN_AFTER_STOP, max(VERIFY_AFTER_STOP, 4 * VERIFY_WORK // max(n_params, 1)))
+        cands = cands.take(torch.arange(min(len(cands), most)))
     x = cands.x.to(adapter.device, adapter.dtype)
     score = evaluate_score(score_fn or adapter.loss, x)
     with torch.no_grad():
@@ -201,8 +209,9 @@ def prefilter(
     bad = torch.nonzero(finite_input & ~torch.isfinite(score)).flatten()[:MAX_NONFINITE]
     keep = (score <= loose_threshold(threshold)) & (dist >= baseline.candidate_distance * PREFILTER_DISTANCE_SLACK)
     idx = torch.nonzero(keep & torch.isfinite(score)).flatten()
-    if idx.numel() > MAX_VERIFY:
-        idx = idx[torch.argsort(score[idx], stable=True)[:MAX_VERIFY]]
+    most = VERIFY_AFTER_STOP if stop.reached() else MAX_VERIFY
+    if idx.numel() > most:
+        idx = idx[torch.argsort(score[idx], stable=True)[:most]]
     return cands.take(idx), cands.take(bad, kind=NON_FINITE)
 
 

@@ -62,10 +62,10 @@ class Certify(Probe):
     kind: ClassVar[str] = "analytic"
     supports_objective: ClassVar[bool] = False
     needs_gradients: ClassVar[bool] = True
-    effort_presets: ClassVar[dict] = {"quick": {"max_boxes": 2000}, "thorough": {"max_boxes": 100_000}}
+    effort_presets: ClassVar[dict] = {"quick": {"max_boxes": 1000}, "thorough": {"max_boxes": 50_000}}
 
     space: str = "auto"
-    max_boxes: int = 10_000
+    max_boxes: int = 4000
     max_input_features: int = 16
     max_latent_dims: int = 8
     widen: float = 3.0

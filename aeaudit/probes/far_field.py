@@ -139,7 +139,7 @@ class FarField(Probe):
         findings = [] if smooth else self._certificates(ctx, rays, summaries, dirs, origins)
         # measured points go to the audit as candidates: low and far ones of a smooth network (no
         # certificate applies there), and every point whose loss came out NaN or inf
-        pick = rays["valid"] & ~np.isfinite(rays["loss"])
+        pick = rays["measured"] & ~np.isfinite(rays["loss"])
         if smooth:
             pick |= (rays["loss"] <= b.tau_op) & (rays["dist"] >= b.candidate_distance)
         candidates = Candidates(x=unflat(adapter, self._points(origins, dirs, rays, pick)), probe=self.name)
@@ -288,6 +288,8 @@ class FarField(Probe):
                 return out, shifts, evals, stopped
             u = dirs[i]
             for _ in range(REFINE_ROUNDS):
+                if ctx.stop.reached():
+                    return out, shifts, evals, ctx.stop.reason()
                 A = torch.autograd.functional.jacobian(f, x0 + T * u, vectorize=True)
                 evals += n
                 v = torch.linalg.svd((eye - A) / D).Vh[-1]
@@ -326,6 +328,7 @@ class FarField(Probe):
         out = {"ratios": ratios, "t": np.where(valid, t, np.nan), "valid": valid, "evaluations": int(valid.sum())}
         for key in ("loss", "dist", "nn"):
             out[key] = np.full((R, K), np.nan)
+        out["measured"] = np.zeros((R, K), dtype=bool)  # NaN in "loss" is a model's NaN only where measured
         out["stable_from"], out["slope"], out["stopped"] = [None] * R, [None] * R, None
         out["extrapolated"], out["slope_tolerance"] = [None] * R, [None] * R
         group = max(1, RAY_CHUNK_ELEMENTS // (K * n))
@@ -342,6 +345,7 @@ class FarField(Probe):
             done = len(loss)
             for key, val in (("loss", loss), ("dist", dist), ("nn", nn)):
                 out[key][g0 + rows[:done], cols[:done]] = val
+            out["measured"][g0 + rows[:done], cols[:done]] = True
             if done < len(rows):  # the stop came between two batches of this group
                 out["stopped"] = ctx.stop.reason()
                 break
@@ -414,7 +418,7 @@ class FarField(Probe):
                     "within_tau_min": bool(unbounded and (li[far] <= b.tau_min).all()),
                     "blind_distance": blind,
                     "blind_distance_ratio": blind / b.scale,
-                    "min_loss_ratio": float(np.nanmin(li) / b.tau_op) if len(li) else None,
+                    "min_loss_ratio": float(np.nanmin(li) / b.tau_op) if np.isfinite(li).any() else None,
                     "reach_ratio": float(ti.max() / b.scale) if len(ti) else 0.0,
                     "series": {"t": round_list(ti), "distance": round_list(di), "loss": round_list(li)},
                 }
