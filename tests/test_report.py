@@ -130,7 +130,8 @@ def test_html_parses_and_shows_every_section_with_data(scanned):
     report, page = scanned["report"], Page(scanned["html"])
     assert page.stack == [], f"unclosed tags: {page.stack}"
     assert page.sections == [sid for sid, _ in SECTIONS]
-    assert report["verdict"] in page.text["verdict"]
+    outcome, _, rest = report["verdict"].partition(": ")  # the banner shows the outcome word large, then the rest
+    assert outcome == report["outcome"] == "FAIL" and rest in page.text["verdict"]
     for p in report["probes"]:  # every check is listed with its status
         assert p["probe"] in page.text["verdict"] and p["status"] in page.text["verdict"]
     assert f"{report['thresholds']['tau_op']:.4g}" in page.text["model"]
@@ -285,7 +286,7 @@ def test_junit_follows_the_gate_and_reports_skips_and_errors(scanned):
     )
     report["regions"] = []
     _, regions, _ = _suites(to_junit(report))
-    assert [c.get("name") for c in regions.findall("testcase")] == ["no blind region"]
+    assert [c.get("name") for c in regions.findall("testcase")] == ["no blind region at or above the gate"]
     report["probes"] += [
         {"probe": "pgd-latent", "kind": "search", "status": "skipped", "reason": "no latent"},
         {"probe": "broken", "kind": "search", "status": "error", "reason": "RuntimeError: boom"},

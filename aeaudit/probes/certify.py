@@ -40,6 +40,7 @@ from .base import Probe, ProbeContext, ProbeResult, check_counts, check_positive
 from .latent_space import latent_box
 
 SPACES = ("auto", "input", "latent")
+PLANE_NORMALS = 2000  # normal samples kept with a 2-D input region, for the report's picture of it
 CHECK_POINTS = 256  # normal samples each bounded chain is checked against before it is trusted
 
 
@@ -127,6 +128,9 @@ class Certify(Probe):
                     skipped[space] = f"cannot bound: {exc}"
                     continue
                 artifacts[space] = result.to_dict()
+                if space == "input" and ctx.adapter.n_features == 2:
+                    pick = torch.randperm(len(normal), generator=ctx.generator(salt=37))[:PLANE_NORMALS].sort().values
+                    artifacts[space]["normal"] = normal.reshape(len(normal), 2)[pick].numpy().round(6).tolist()
                 evaluations += result.evaluations + result.pgd_points
                 found.append(cands)
                 if result.cut_short:

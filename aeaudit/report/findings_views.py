@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import plots
+from .certification import examined
 from .fmt import num, regions_of
 from .views import finding_label, probe_note, probes_of, region_row, safe_figure, to_float
 
@@ -75,6 +76,8 @@ def latent_map_view(report: dict) -> dict[str, Any]:
             "the normal latents' mean along their two main principal directions (PC1, PC2); the search "
             f"itself covered the whole latent box ({art.get('design', '')})."
         )
+    if any(space == "latent" and len((r.get("region") or {}).get("low") or []) <= 2 for space, r in examined(report)):
+        notes.append("The certify check's boxes over this latent box are drawn under Certification.")
     if lm.get("objective") not in (None, "recon"):
         notes.append(f"Colour: the score {lm['objective']!r}, not the reconstruction loss.")
     return {"figure": fig, "probe": grid_probe["probe"], "eps": num(eps), "notes": notes, "n_marks": len(marks)}

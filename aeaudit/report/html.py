@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text
+from .certification_views import certification_view
 from .findings_views import gallery_view, latent_map_view
 from .fmt import normalise
 from .views import certificates_view, losses_view, model_view, reproducibility_view, scorers_view, verdict_view
@@ -23,6 +24,7 @@ SECTIONS = (
     ("model", "Model and data"),
     ("losses", "Loss histograms"),
     ("certificates", "Analytic certificates"),
+    ("certification", "Certification"),
     ("latent-map", "Latent map"),
     ("gallery", "Blind regions"),
     ("scorers", "Scorer comparison"),
@@ -55,6 +57,7 @@ def build_view(report: dict) -> dict[str, Any]:
         "model": model_view(report),
         "losses": losses_view(report),
         "certificates": certificates_view(report),
+        "certification": certification_view(report),
         "latent_map": latent_map_view(report),
         "gallery": gallery_view(report),
         "scorers": scorers_view(report),

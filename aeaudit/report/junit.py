@@ -7,7 +7,10 @@ holding at most one ``<failure>``, ``<error>`` or ``<skipped>``. Two suites:
 - ``aeaudit.regions``: one test case per blind region, worst first. A region whose severity
   reaches the gate (``--fail-on``) is a failure naming the region, its extent and its
   representative witness; a region below the gate (a warning under the default gate) passes
-  with the same facts in ``<system-out>``. With no region, one passing case says so.
+  with the same facts in ``<system-out>``. When no region reaches the gate, one more case
+  (``no blind region at or above the gate``) says on what evidence: passing for a PASS (a
+  certified PASS names the proven boxes), skipped with the reason for INCONCLUSIVE and ERROR.
+  The suite's properties carry ``outcome``, ``certified`` and ``certification``.
 - ``aeaudit.checks``: one test case per check. A check that did not apply is skipped, one that
   crashed an error; otherwise it passes, and its ``<system-out>`` says what it found and in
   which regions. Findings fail only through their regions, so a blind spot is counted once.
@@ -15,13 +18,17 @@ holding at most one ``<failure>``, ``<error>`` or ``<skipped>``. Two suites:
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from ..verdict import GATES
 from .atomic import write_text
+from .certification import certify_lines, outcome_kind, outcome_lines, outcome_of
 from .fmt import normalise, num, regions_of, span
+
+CLEAR_CASE = "no blind region at or above the gate"
 
 
 def _witness_line(f: dict) -> str:
@@ -86,6 +93,9 @@ def to_junit(report: dict[str, Any]) -> str:
     t = report.get("thresholds") or {}
     for key, value in (
         ("verdict", report.get("verdict")),
+        ("outcome", outcome_of(report)),
+        ("certified", "true" if outcome_kind(report) == "certified" else "false"),
+        ("certification", json.dumps(report.get("certification") or {}, separators=(",", ":"))),
         ("status", report.get("status")),
         ("fail_on", fail_on),
         ("exit_code", (report.get("gate") or {}).get("exit_code")),
@@ -113,9 +123,8 @@ def to_junit(report: dict[str, Any]) -> str:
             failure.text = text
         else:
             ET.SubElement(case, "system-out").text = f"below the gate --fail-on {fail_on}\n{text}"
-    if not regions:
-        case = region_suite.case("aeaudit.region", "no blind region")
-        ET.SubElement(case, "system-out").text = "no verified finding: none found within the budget"
+    if not any(r.get("severity") in levels for r in regions):
+        _clear_case(region_suite, report)
 
     check_suite = _Suite(suites, "aeaudit.checks")
     for p in probes:
@@ -127,12 +136,14 @@ def to_junit(report: dict[str, Any]) -> str:
         elif status == "skipped":
             check_suite.mark(case, "skipped", message=reason or "not applicable")
         mine = [f for f in findings if f.get("probe") == name]
+        extra = certify_lines(report) if name == "certify" else []
         in_regions = sorted({(f.get("details") or {}).get("region") for f in mine} - {None})
         ET.SubElement(case, "system-out").text = "\n".join(
             [
                 f"status: {status}" + (f" ({reason})" if reason else ""),
                 f"evaluations: {p.get('evaluations', 0)}, findings kept: {len(mine)}"
                 + (f", in regions {', '.join(f'R{i}' for i in in_regions)}" if in_regions else ""),
+                *extra,
             ]
         )
 
@@ -142,6 +153,19 @@ def to_junit(report: dict[str, Any]) -> str:
     _set_counts(suites, totals, region_suite.time + check_suite.time)
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def _clear_case(suite: _Suite, report: dict[str, Any]) -> None:
+    """The case that passes when no region reaches the gate, and says on what evidence: a proof
+    (certified PASS) or a search (PASS). When the scan was cut short or a check crashed, that claim
+    was not established: the case is skipped with the reason, so a CI view does not show it green."""
+    case = suite.case("aeaudit.region", CLEAR_CASE)
+    kind, lines = outcome_kind(report), outcome_lines(report)
+    if kind in ("inconclusive", "error"):
+        suite.mark(
+            case, "skipped", message=f"{outcome_of(report)}: not established. {lines[0] if lines else ''}".strip()
+        )
+    ET.SubElement(case, "system-out").text = "\n".join([str(report.get("verdict", "")), *lines])
 
 
 def _set_counts(element: ET.Element, stats: dict[str, int], seconds: float) -> None:

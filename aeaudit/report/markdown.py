@@ -11,9 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_text
+from .certification import (
+    SPACE_NAMES,
+    STATES,
+    box_text,
+    examined,
+    is_proven,
+    outcome_kind,
+    outcome_lines,
+    percent,
+    skipped_lines,
+)
 from .fmt import normalise, num, regions_of, span
 
 TOP_REGIONS = 5
+ICONS = {"certified": "🛡️", "pass": "✅", "fail": "❌", "inconclusive": "❔", "error": "⚠️"}
 
 
 # Characters that would start HTML, a code span or fence, a link or image, emphasis, a table cell or a mention.
@@ -50,9 +62,13 @@ def to_markdown(report: dict[str, Any]) -> str:
     """Verdict, the blind regions, the checks and (when compared) the scorers, in a few lines."""
     report = normalise(report)
     gate = report.get("gate") or {}
-    icon = "❌" if gate.get("failed") else ("⚠️" if report.get("errors") else "✅")
-    lines = [f"### {icon} aeaudit: {escape(report.get('verdict', ''))}", ""]
-    if report.get("status") != "complete":
+    kind = outcome_kind(report)
+    lines = [f"### {ICONS[kind]} aeaudit: {escape(report.get('verdict', ''))}", ""]
+    basis = outcome_lines(report, certify=False)  # the certify table below has the rest
+    basis += [] if kind == "certified" else skipped_lines(report)
+    lines += [f"- {'**Certified.** ' if kind == 'certified' else ''}{escape(basis[0])}"] if basis else []
+    lines += [f"- {escape(line)}" for line in basis[1:]] + ([""] if basis else [])
+    if report.get("status") != "complete" and kind != "inconclusive":
         lines += ["**Incomplete:** the time budget or an interrupt cut some work short; results so far are shown.", ""]
     regions = regions_of(report)
     if regions:
@@ -72,6 +88,14 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += _table(
             ["region", "severity", "what", "witnesses", "distance / s", "lowest loss / τ_op", "found by"], top
         ) + [""]
+    certified = [
+        [SPACE_NAMES[space], box_text((r.get("region") or {}).get("low"), (r.get("region") or {}).get("high"))]
+        + [percent((r.get("shares") or {}).get(state)) for state in STATES]
+        + ["proven" if is_proven(r) else "not proven"]
+        for space, r in examined(report)
+    ]
+    if certified:
+        lines += _table(["certify region", "box", *STATES, "result"], certified) + [""]
     findings = report.get("findings") or []
     per_probe: dict[str, int] = {}
     for f in findings:

@@ -8,9 +8,18 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .certification import certify_lines, outcome_kind, outcome_lines
 from .fmt import regions_of
 
 SEVERITY_STYLES = {"critical": "bold red", "high": "dark_orange", "warning": "yellow"}
+OUTCOME_STYLES = {
+    "certified": "bold bright_white on blue",  # a proof: never shown like a search PASS
+    "pass": "bold green",
+    "fail": "bold red",
+    "inconclusive": "bold yellow",
+    "error": "bold magenta",
+}
+BASIS_STYLES = {"certified": "bright_cyan", "pass": "green", "inconclusive": "yellow", "error": "magenta"}
 
 
 def _fmt(v: Any) -> str:
@@ -26,10 +35,11 @@ def _auroc(v: Any) -> str:
 
 
 def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10) -> None:
-    gate = report["gate"]
-    style = "bold red" if gate["failed"] else ("bold yellow" if report["errors"] else "bold green")
-    console.print(f"[{style}]{report['verdict']}[/]")
-    if report["status"] != "complete":
+    kind = outcome_kind(report)
+    console.print(report["verdict"], style=OUTCOME_STYLES[kind], markup=False, highlight=False)
+    for line in outcome_lines(report):
+        console.print(line, style=BASIS_STYLES.get(kind, ""), markup=False, highlight=False)
+    if report["status"] != "complete" and kind != "inconclusive":
         console.print(
             "[yellow]status: incomplete — the budget or an interrupt cut the work short; results so far are kept[/]"
         )
@@ -48,6 +58,9 @@ def render_summary(report: dict[str, Any], console: Console, max_rows: int = 10)
     )
 
     _regions(report, console, max_rows)
+    if kind not in ("certified", "pass"):  # a PASS said this under the verdict
+        for line in certify_lines(report):
+            console.print(line, markup=False, highlight=False)
 
     probes = Table(title="checks", show_lines=False)
     for col in ("probe", "status", "evaluations", "seconds", "note"):

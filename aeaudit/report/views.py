@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import plots
+from .certification import outcome_kind, outcome_lines, outcome_of
 from .fmt import num, span
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,15 @@ SCORER_COLUMNS = (
     ("verdict", "verdict"),
     ("note", "note"),
 )
+
+
+BADGES = {  # the word beside the outcome in the banner: what kind of evidence the verdict rests on
+    "certified": "✓ certified — proven by bounds",
+    "pass": "search evidence, not proof",
+    "fail": "verified blind spots",
+    "inconclusive": "not all planned work was done",
+    "error": "a check crashed",
+}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -82,7 +92,7 @@ def verdict_view(report: dict) -> dict[str, Any]:
         "warning": "any finding, warnings included",
         "never": "nothing (the gate is off)",
     }.get(fail_on, fail_on)
-    css = "fail" if gate.get("failed") else ("error" if report.get("errors") else "pass")
+    kind = outcome_kind(report)
     lines = [f"The gate (--fail-on {fail_on}) fails on {levels}; exit code {gate.get('exit_code', '—')}."]
     by_probe: dict[str, int] = {}
     for f in findings:
@@ -102,12 +112,17 @@ def verdict_view(report: dict) -> dict[str, Any]:
             f"{counts.get('warning', 0)} warning (loss ≤ τ_min, between s and δ from the normal data), "
             f"found by {found_by}.{grouped}"
         )
+    elif kind == "certified":
+        lines.append(
+            "No input far from the normal data with a loss below the thresholds was found, and the certify check "
+            "proved that its boxes hold none (see Certification); outside those boxes nothing is proven."
+        )
     else:
         lines.append(
             "No input far from the normal data with a loss below the thresholds was found within the budget. "
             "That is evidence, not proof: a longer budget or other probes may still find some."
         )
-    if report.get("status") != "complete":
+    if report.get("status") != "complete" and kind != "inconclusive":  # the banner already says why
         lines.append(
             "Status: incomplete — the time budget or an interrupt cut some work short; the results so far are kept."
         )
@@ -130,13 +145,23 @@ def verdict_view(report: dict) -> dict[str, Any]:
             }
         )
     return {
-        "text": report.get("verdict", ""),
-        "css": css,
+        "text": _after_outcome(str(report.get("verdict", "")), outcome_of(report)),
+        "css": kind,
+        "outcome": outcome_of(report),
+        "badge": BADGES[kind],
+        "basis": outcome_lines(report),
         "lines": lines,
         "regions": regions,
         "checks": checks,
         "errors": report.get("errors") or [],
     }
+
+
+def _after_outcome(verdict: str, outcome: str) -> str:
+    """The verdict without its leading outcome word (``PASS (certified): …`` → ``…``): the banner shows
+    the outcome large beside it."""
+    head, sep, rest = verdict.partition(": ")
+    return rest if sep and head.split(" ")[0] == outcome else verdict
 
 
 def region_row(r: dict) -> dict[str, Any]:
