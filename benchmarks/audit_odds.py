@@ -72,7 +72,9 @@ def run_seed(x: np.ndarray, y: np.ndarray, seed: int, args, folder: Path) -> dic
         "n_normal": int((y == 0).sum()),
         "n_anomalies": int((y == 1).sum()),
         "critical": r.counts["critical"],
-        "high": r.counts["reported"] - r.counts["critical"],
+        "high": r.counts["high"],
+        "warning": r.counts["warning"],
+        "regions": r.counts["regions"],
         "best_distance_ratio": max((f.distance_ratio for f in r.findings), default=None),
         "best_critical_distance_ratio": max(
             (f.distance_ratio for f in r.findings if f.severity == "critical"), default=None
@@ -83,7 +85,10 @@ def run_seed(x: np.ndarray, y: np.ndarray, seed: int, args, folder: Path) -> dic
             s["scorer"]: {
                 "anomalies_auroc": s["anomalies_auroc"],
                 "adaptive_findings": s["adaptive_findings"],
+                "adaptive_critical": s["adaptive_critical"],
                 "adaptive_best_distance_ratio": s["adaptive_best_distance_ratio"],
+                "adaptive_evaluations": s.get("adaptive_evaluations"),
+                "adaptive_complete": s.get("adaptive_complete"),
                 "verdict": s["verdict"],
             }
             for s in r.scorers["table"]
@@ -130,7 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
             )
             C.progress(
                 f"seed {seed}: AUROC on the real anomalies: {aurocs}; audit: {r['critical']} critical, "
-                f"{r['high']} high, best d/s {r['best_distance_ratio']}, {r['scan_seconds']:.0f} s ({r['status']})"
+                f"{r['high']} high, {r['warning']} warning(s) in {r['regions']} region(s), "
+                f"best d/s {r['best_distance_ratio']}, {r['scan_seconds']:.0f} s ({r['status']})"
             )
     return C.finish(
         "audit_odds",
