@@ -166,8 +166,9 @@ def compare(
     original_result = scan(original, arr, config, reporter=reporter)
     hardened_result = scan(hardened_adapter, shaped, config, reporter=reporter)
 
+    gate_level = [f for f in original_result.findings if gated(f.severity, config.fail_on)]  # warnings do not count
     replay = replay_findings(
-        original_result.findings, hardened_adapter, shaped, config, hardened_result.thresholds, ["recon", deployed]
+        gate_level, hardened_adapter, shaped, config, hardened_result.thresholds, ["recon", deployed]
     )
     before, after = audit_summary(original_result), audit_summary(hardened_result)
     deployed_replay = replay["scores"].get(deployed, {})

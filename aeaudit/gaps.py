@@ -64,16 +64,18 @@ def adaptive_probe_names(settings: dict[str, Any]) -> tuple[str, ...]:
 def adaptive_probes(state: AuditState, names: tuple[str, ...]) -> list[Probe]:
     """The adaptive searches with their work settings (``ADAPTIVE_SETTINGS`` for the scan's effort,
     under the user's own ``--probe-settings``)."""
-    config = state.config
+    config, settings = state.config, state.config.probe_settings
     preset = ADAPTIVE_SETTINGS[config.effort]
+    flat = {k: v for k, v in settings.items() if k not in PROBES}
     out = []
     for name in names:
-        taken = {k: v for k, v in preset.items() if k in accepted_keys(PROBES[name])}
-        out.append(
-            make_probe(
-                name, {"latent_extent": config.latent_extent, name: taken, **config.probe_settings}, config.effort
-            )
-        )
+        # the adaptive preset, then the user's flat settings, then the user's settings for this probe
+        own = {
+            **{k: v for k, v in preset.items() if k in accepted_keys(PROBES[name])},
+            **flat,
+            **settings.get(name, {}),
+        }
+        out.append(make_probe(name, {"latent_extent": config.latent_extent, name: own}, config.effort))
     return out
 
 

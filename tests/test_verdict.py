@@ -210,3 +210,41 @@ def test_report_on_a_malformed_report_json_exits_2(tmp_path, content):
     result = CliRunner().invoke(app, ["report", str(path), "-o", str(tmp_path / "r.html")])
     assert result.exit_code == 2 and result.stderr.startswith("aeaudit: error:") and result.stderr.count("\n") == 1
     assert not (tmp_path / "r.html").exists()
+
+
+def test_compare_replays_only_findings_at_or_above_the_gate(tmp_path, monkeypatch):
+    """Findings below the gate (warnings; here also high ones under --fail-on critical) cannot hold
+    a comparison open: only gate-level findings are replayed on the hardened model."""
+    import aeaudit.compare as cmp
+
+    seen = []
+    real = cmp.replay_findings
+
+    def spy(findings, *args, **kwargs):
+        seen.extend(f.severity for f in findings)
+        return real(findings, *args, **kwargs)
+
+    monkeypatch.setattr(cmp, "replay_findings", spy)
+    orig, hard = tmp_path / "o.pt", tmp_path / "h.pt"
+    torch.save(projection_ae().state_dict(), orig)
+    torch.jit.save(torch.jit.script(constant_ae()), str(hard))
+    kw = dict(
+        arch=PROJECTION_ARCH, scorers=("recon",), device="cpu", quiet=True, effort="quick", probes=("affine", "random")
+    )
+    out = compare(orig, hard, line_data(200), **kw)
+    assert seen and set(seen) <= {"critical", "high"} and out["original_findings_on_hardened"]["n"] > 0
+    seen.clear()
+    out = compare(orig, hard, line_data(200), fail_on="never", **kw)  # every finding is below this gate
+    assert any(f.x is not None for f in out["results"]["original"].findings)
+    assert seen == [] and out["original_findings_on_hardened"]["n"] == 0
+
+
+def test_adaptive_searches_take_the_users_settings_over_their_preset():
+    from aeaudit.gaps import ADAPTIVE_SETTINGS, adaptive_probes
+
+    config = ScanConfig(quiet=True, scorers=(), probe_settings={"steps": 7, "pgd-input": {"starts": 5}})
+    state = prepare(projection_ae(), line_data(100), config)
+    pgd_input, pgd_latent = adaptive_probes(state, ("pgd-input", "pgd-latent"))
+    preset = ADAPTIVE_SETTINGS["standard"]
+    assert (pgd_input.steps, pgd_input.starts, pgd_input.farthest_starts) == (7, 5, preset["farthest_starts"])
+    assert (pgd_latent.steps, pgd_latent.starts) == (7, preset["starts"])
