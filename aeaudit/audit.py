@@ -104,10 +104,13 @@ class AuditResult:
             )
         checks = sum(p.get("status") == "complete" for p in self.probes)
         if self.certified:
-            spaces = " and ".join(f"the {s} region" for s in self.certification)
+            names = {"input": "the input region", "latent": "the latent map"}
+            spaces = " and ".join(names.get(s, s) for s in self.certification)
+            skipped = (self.artifacts.get("certify") or {}).get("skipped") or {}
+            left = "".join(f"; {names.get(s, s)} not examined ({why})" for s, why in skipped.items())
             return (
-                f"PASS (certified): bounds prove {spaces} free of blind spots (no input ≥ δ from the normal data "
-                f"reconstructs below τ_op), and {checks} checks found nothing at or above the gate{note} ({gate})"
+                f"PASS (certified): bounds prove {spaces} free of blind spots (nothing ≥ δ from the normal data "
+                f"reconstructs below τ_op){left}; {checks} checks found nothing at or above the gate{note} ({gate})"
             )
         return (
             f"PASS: nothing at or above the gate in {self.evaluations:,} evaluations of {checks} checks "
