@@ -96,6 +96,24 @@ def test_grid_loss_map_is_a_modest_json_figure():
     assert len(json.dumps(art)) < 1_500_000
 
 
+def test_grid_note_counts_the_decodes_below_tau_min_and_the_farthest_of_them():
+    model, normal, _ = planted(10, 2)
+    result = scan(model, normal, probes=("grid",), time_limit=None, scorers=(), quiet=True)
+    t, (grid,) = result.thresholds, result.probes
+    losses = np.asarray(result.artifacts["grid"]["loss_map"]["losses"], dtype=float)
+    count, rest = grid["reason"].split(" of ", 1)
+    assert rest.startswith(f"{losses.size:,} decodes score below τ_min")
+    # the map's losses are rounded to 4 significant digits: count with that much slack either way
+    assert (
+        (losses <= t["tau_min"] * (1 - 1e-3)).sum()
+        <= int(count.replace(",", ""))
+        <= (losses <= t["tau_min"] * (1 + 1e-3)).sum()
+    )
+    farthest = float(grid["reason"].rsplit("the farthest ", 1)[1].split("·s")[0])
+    critical = [f for f in result.findings if f.loss <= t["tau_min"]]  # verified: their distance is a lower bound
+    assert critical and farthest >= max(f.distance for f in critical) / t["scale"] - 0.01
+
+
 def test_pgd_finds_the_planted_blind_spot_in_an_8d_latent():
     model, normal, _ = planted(16, 8)
     result = scan(model, normal, probes=("pgd-latent", "pgd-input"), time_limit=None, scorers=(), quiet=True)

@@ -164,7 +164,7 @@ class LatentGrid(Probe):
 
         keep_score, keep_dist = loose_threshold(obj.tau_op), b.candidate_distance * PREFILTER_DISTANCE_SLACK
         n_map = map_uv.shape[0]
-        losses, far = np.full(points.shape[0], np.nan), np.zeros(points.shape[0], dtype=bool)
+        losses, dists = np.full(points.shape[0], np.nan), np.full(points.shape[0], np.nan)
         kept_x, kept_z, kept_rows, stopped, done = [], [], [], None, 0
         with ctx.reporter.task("latent grid", total=points.shape[0]) as bar:
             for start in range(0, points.shape[0], self.batch_size):
@@ -178,7 +178,7 @@ class LatentGrid(Probe):
                     dist = b.neighbours.query(a)[0]
                 rows = slice(start, start + z.shape[0])
                 losses[rows] = score.double().cpu().numpy()
-                far[rows] = (dist >= b.min_distance * PREFILTER_DISTANCE_SLACK).cpu().numpy()
+                dists[rows] = dist.double().cpu().numpy()
                 keep = ((score <= keep_score) & (dist >= keep_dist)) | ~torch.isfinite(score)  # NaN: its own finding
                 if keep.any():
                     kept_x.append(a[keep].cpu())
@@ -201,7 +201,7 @@ class LatentGrid(Probe):
             v_axis,
             map_order,
             losses[:n_map],
-            far[:n_map],
+            dists[:n_map] >= b.min_distance * PREFILTER_DISTANCE_SLACK,
             map_uv[rows_all[rows_all < n_map]],
         )
         artifacts = {
@@ -215,5 +215,21 @@ class LatentGrid(Probe):
             "design": ("full grid" if d <= 3 else f"Sobol sample of {points.shape[0] - n_map} points")
             + ("" if d <= 2 else " + principal-direction slice for the map"),
         }
+        note = _below_tau_min(losses[:done], dists[:done], obj.tau_min, b.scale)
         result = ProbeResult(self.name, self.kind, candidates=cands, evaluations=done, artifacts=artifacts)
-        return result.stopped(stopped) if stopped else result
+        if stopped:
+            return result.stopped(f"{stopped}; {note}")
+        result.reason = note
+        return result
+
+
+def _below_tau_min(losses: np.ndarray, dists: np.ndarray, tau_min: float, scale: float) -> str:
+    """The paper's Figure 2 observation in one line: how many decodes score below every normal
+    sample and how far the farthest of them lies (screening precision; findings are verified apart)."""
+    low = losses <= tau_min
+    if not low.any():
+        return f"no decode scores below τ_min in {losses.size:,} points"
+    return (
+        f"{int(low.sum()):,} of {losses.size:,} decodes score below τ_min (lower than every normal sample), "
+        f"the farthest {dists[low].max() / scale:.2f}·s from the normal data"
+    )

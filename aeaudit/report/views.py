@@ -328,6 +328,8 @@ def certificates_view(report: dict) -> dict[str, Any]:
     certs = [(i, f) for i, f in enumerate(report.get("findings") or []) if f.get("kind") == "certificate"]
     checks = []
     for p in analytic:
+        if p.get("probe") == "certify":  # the Certification section shows it in full
+            continue
         art = artifacts.get(p.get("probe"))
         art = art if isinstance(art, dict) else {}
         facts = [(label, _fact(key, art[key])) for key, label in ANALYTIC_FACTS if key in art and art[key] is not None]
