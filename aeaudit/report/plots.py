@@ -270,12 +270,17 @@ def latent_map(
             w = np.asarray(witnesses, dtype=np.float64)
             ax.scatter(w[:, 0], w[:, 1], s=7, marker="x", c="#1a1a1a", linewidths=0.5, alpha=0.7)
             handles.append(Line2D([], [], ls="none", marker="x", ms=4, color="#1a1a1a", label="findings (latent)"))
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
         for mx, my, label in marks:
+            mx, my = float(np.clip(mx, x0, x1)), float(np.clip(my, y0, y1))  # a witness beyond the map: on its edge
             ax.plot(mx, my, marker="o", ms=9, mfc="none", mec="black", mew=1.6, clip_on=False)
+            inward = (6 if mx < (x0 + x1) / 2 else -6, 6 if my < (y0 + y1) / 2 else -6)  # label stays in the plot
             ax.annotate(
                 label,
                 (mx, my),
-                xytext=(6, 6),
+                xytext=inward,
+                ha="left" if inward[0] > 0 else "right",
+                va="bottom" if inward[1] > 0 else "top",
                 textcoords="offset points",
                 fontsize=9,
                 weight="bold",
@@ -490,8 +495,12 @@ def certify_boxes(
     from matplotlib.collections import PolyCollection
     from matplotlib.lines import Line2D
 
+    span = as_floats(high) - as_floats(low)
+    to_scale = max(span) <= ASPECT_MAX * min(span)  # distances are Euclidean: keep them true where that fits
+    # to scale, the figure's height follows the plane's shape (title, axis and legend take about 2 in)
+    height = float(np.clip(4.2 * span[1] / span[0] + 2.0, 3.6, 7.2)) if to_scale else 6.0
     with _style():
-        fig = _figure(5.8, 6.0)
+        fig = _figure(5.8, height)
         ax = fig.add_subplot()
         for state, style in CERTIFY_STYLES.items():
             lo, hi = boxes.get(state, (np.empty((0, 2)), np.empty((0, 2))))
@@ -535,7 +544,7 @@ def certify_boxes(
         lo, hi = as_floats(low), as_floats(high)
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
-        if max(hi - lo) <= ASPECT_MAX * min(hi - lo):  # distances are Euclidean: keep them true where that fits
+        if to_scale:
             ax.set_aspect("equal")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
