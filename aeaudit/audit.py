@@ -220,9 +220,10 @@ def prepare(
 
 
 def environment() -> dict[str, Any]:
+    from importlib.metadata import version
+
     import numpy
     import scipy
-    import sklearn
 
     return {
         "python": platform.python_version(),
@@ -230,7 +231,7 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "scipy": scipy.__version__,
-        "scikit-learn": sklearn.__version__,
+        "scikit-learn": version("scikit-learn"),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
     }

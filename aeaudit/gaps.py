@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
 
 from .config import ADAPTIVE_PROBES_KEY
 from .errors import InputError, one_line
@@ -86,11 +85,15 @@ def _to_tensor(x: np.ndarray, state: AuditState) -> torch.Tensor:
 def _auroc(normal: np.ndarray, other: np.ndarray) -> float | None:
     if not len(normal) or not len(other):
         return None
+    from sklearn.metrics import roc_auc_score  # ~1 s to import: only when scorers are compared
+
     labels = np.r_[np.zeros(len(normal)), np.ones(len(other))]
     return float(roc_auc_score(labels, np.r_[normal, other]))
 
 
 def _roc(normal: np.ndarray, other: np.ndarray, against: str) -> dict[str, Any]:
+    from sklearn.metrics import roc_curve
+
     labels = np.r_[np.zeros(len(normal)), np.ones(len(other))]
     fpr, tpr, _ = roc_curve(labels, np.r_[normal, other])
     if len(fpr) > ROC_POINTS:
