@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -280,6 +281,23 @@ def script_duplicate_member(folder: Path, marker: Path) -> Path:
         return rewrite_zip(clean, folder / "duplicate.pt", lambda n, d: d, extra={code: b"# shadow\n"})
 
 
+def script_reader_mismatch(folder: Path, marker: Path) -> Path:
+    """A member name without zip's UTF-8 flag: Python's zipfile decodes it as cp437, torch's reader as
+    UTF-8, so the two see different names (a check made with one reader would miss what the other loads)."""
+    clean = folder / "clean_enc.pt"
+    torch.jit.save(torch.jit.script(trained_toy()), str(clean))
+    root = zipfile.ZipFile(clean).namelist()[0].split("/")[0]
+    raw = rewrite_zip(
+        clean, folder / "mismatch.pt", lambda n, d: d, extra={f"{root}/code/\u00e9.py": b"#"}
+    ).read_bytes()
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the last local and central header
+        at = raw.rfind(signature) + flag_offset
+        flags = struct.unpack("<H", raw[at : at + 2])[0] & ~0x800
+        raw = raw[:at] + struct.pack("<H", flags) + raw[at + 2 :]
+    (folder / "mismatch.pt").write_bytes(raw)
+    return folder / "mismatch.pt"
+
+
 def traversal_member(folder: Path, marker: Path) -> Path:
     clean = folder / "clean_trav.pt"
     torch.save(trained_toy().state_dict(), clean)
@@ -302,5 +320,6 @@ REFUSED_ATTACKS = {
     "forward-writes": script_forward_writes,
     "setstate-writes": script_setstate_writes,
     "duplicate-member": script_duplicate_member,
+    "reader-mismatch": script_reader_mismatch,
     "traversal-member": traversal_member,
 }

@@ -33,6 +33,7 @@ REFUSAL_WORDS = {  # each attack is stopped by its own check, not by a neighbour
     "forward-writes": "aten::from_file",
     "setstate-writes": "__setstate__",
     "duplicate-member": "two members",
+    "reader-mismatch": "list different members",
     "traversal-member": "outside the archive",
 }
 LIVE_ON_PLAIN_TORCH = [*crafted.PT2_ATTACKS, "forward-writes", "setstate-writes"]
