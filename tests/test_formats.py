@@ -128,20 +128,19 @@ def test_pyod_persistence_envelope_loads_only_with_trust(tmp_path):
 
 
 # --------------------------------------------------------------------------- ONNX
-def _onnx_export(model, x, path, dynamic=True):
+def _onnx_export(model, x, path, dynamic=True, dynamo=False):
+    """Export with the legacy TorchScript-based exporter or with torch's default (dynamo, needs onnxscript)."""
     pytest.importorskip("onnx")
+    if dynamo:
+        pytest.importorskip("onnxscript")
     import warnings
 
+    shapes = {"dynamic_shapes": {"x": {0: torch.export.Dim("n")}}} if dynamo else {}
+    axes = {"dynamic_axes": {"x": {0: "n"}, "y": {0: "n"}}} if dynamic and not dynamo else {}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the legacy exporter (no onnxscript needed) warns that it is legacy
+        warnings.simplefilter("ignore")  # the legacy exporter warns that it is legacy
         torch.onnx.export(
-            model.eval(),
-            (x,),
-            str(path),
-            dynamo=False,
-            input_names=["x"],
-            output_names=["y"],
-            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}} if dynamic else None,
+            model.eval(), (x,), str(path), dynamo=dynamo, input_names=["x"], output_names=["y"], **shapes, **axes
         )
     return path
 
@@ -155,13 +154,14 @@ ONNX_MODELS = {
 }
 
 
+@pytest.mark.parametrize("dynamo", [False, True], ids=["legacy-exporter", "dynamo-exporter"])
 @pytest.mark.parametrize("name", sorted(ONNX_MODELS))
-def test_onnx_converts_to_torch_and_matches_the_model(tmp_path, name):
+def test_onnx_converts_to_torch_and_matches_the_model(tmp_path, name, dynamo):
     make, shape = ONNX_MODELS[name]
     torch.manual_seed(0)
     model = make().eval()
     x = torch.rand(5, *shape)
-    path = _onnx_export(model, x[:2], tmp_path / "model.bin")  # any name: told by content
+    path = _onnx_export(model, x[:2], tmp_path / "model.bin", dynamo=dynamo)  # any name: told by content
     adapter = load_model(path, x, device="cpu")
     assert adapter.card.format == "onnx" and adapter.card.differentiable
     assert adapter.input_shape == shape
