@@ -166,6 +166,31 @@ def test_conv_bounds_nested_input_space():
     assert_nested(net, *boxes(3, 64, seed=4, half=0.05), samples=400)
 
 
+@pytest.mark.parametrize(
+    "kernel,stride,dilation", [(2, 2, 1), (3, 2, 1), (3, 1, 1), (2, 1, 2), ((2, 3), (1, 2), 1), (1, 2, 1)]
+)
+def test_maxpool_is_an_exact_relu_tournament(kernel, stride, dilation):
+    pool = nn.MaxPool2d(kernel, stride=stride, dilation=dilation)
+    x = torch.randn(5, 3, 9, 8, dtype=DTYPE)
+    out = x
+    for op in to_ops(pool, (3, 9, 8)):
+        out = op.forward(out) if isinstance(op, Affine) else out.clamp(min=0)  # the ops are affine maps and ReLUs
+    expected = pool(x)
+    assert out.shape == expected.shape and (out - expected).abs().max() < 1e-14
+
+
+def test_conv_maxpool_autoencoder_bounds_nested():
+    """Conv → ReLU → MaxPool, the usual encoder block: IBP ⊇ CROWN ⊇ the sampled range."""
+    torch.manual_seed(5)
+    enc = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(48, 2))
+    dec = nn.Sequential(nn.Linear(2, 64), nn.Sigmoid(), nn.Unflatten(1, (1, 8, 8)))
+    enc.eval(), dec.eval()
+    net = input_network([enc, dec], (1, 8, 8))
+    lo, hi = boxes(3, 64, seed=6, half=0.05)
+    ibp, crown = assert_nested(net, lo, hi, samples=400)
+    assert (crown.loss_lower > ibp.loss_lower).any()  # the linear relaxation gains on the pooled chain
+
+
 def test_affine_adjoints_match_autograd():
     """⟨Λ, L x⟩ = ⟨Lᵀ Λ, x⟩ for every linear operation of a conv chain (the backward pass's contract)."""
     torch.manual_seed(3)
@@ -221,7 +246,7 @@ def test_scripted_models_convert_like_the_originals():
     "part,reason",
     [
         (nn.Sequential(nn.Linear(2, 2), nn.GELU()), "model.1 (GELU): no bound propagation"),
-        (nn.Sequential(nn.Unflatten(1, (1, 2, 1)), nn.MaxPool2d(1)), "model.1 (MaxPool2d)"),
+        (nn.Sequential(nn.Unflatten(1, (1, 2, 1)), nn.MaxPool2d(2, padding=1)), "model.1 (MaxPool2d): padding"),
         (nn.Sequential(nn.LeakyReLU(-0.5)), "negative_slope"),
         (nn.Sequential(nn.Linear(3, 2)), "expects 3 features"),
     ],

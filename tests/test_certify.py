@@ -116,6 +116,34 @@ def test_pgd_inside_certified_boxes_of_a_4d_mlp_finds_nothing_below_tau():
     assert float(best.min()) > tau
 
 
+def test_certified_boxes_of_a_maxpool_conv_autoencoder_hold_under_dense_sampling():
+    """Conv → ReLU → MaxPool encoder on 2×2 images: the pooling's ReLU tournament is bounded soundly."""
+    torch.manual_seed(0)
+    ref = (torch.randn(150, 4, dtype=DTYPE) * torch.tensor([1.0, 0.8, 0.3, 0.2], dtype=DTYPE)).abs()
+    encoder = nn.Sequential(
+        nn.Unflatten(1, (1, 2, 2)), nn.Conv2d(1, 3, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3, 2)
+    )
+    decoder = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 4))
+    model = nn.Sequential(encoder, decoder)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        (model(ref.float()) - ref.float()).pow(2).mean().backward()
+        opt.step()
+    model.eval()
+    loss = model_loss(model)
+    tau, delta = thresholds(loss, ref)
+    net = input_network([encoder, decoder], (4,))
+    assert [op.name for op in net.ops].count("MaxPool2d") == 3  # two rounds of the tournament, then the last map
+    lo, hi, _ = input_region(ref, widen=2.0)
+    result = certify_input(net, ref, lo, hi, tau_op=tau, delta=delta, max_boxes=1500)
+    assert result.counts["certified"] >= 10
+    x = dense_points(*result.box_bounds("certified"), per_box=200)
+    assert float(loss(x).min()) > tau
+    for c in result.counterexamples:
+        assert float(loss(torch.as_tensor(c.point)[None])) <= tau
+
+
 def loss_with_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (x - model.double()(x)).pow(2).mean(dim=1)
 

@@ -4,8 +4,9 @@ Accepted: an ``nn.Sequential`` (also nested, also TorchScript-scripted: a script
 its children in order and each child keeps its class name in ``original_name``), PyOD's
 ``LinearBlock``, or a single supported layer. Supported layers: Linear, Conv2d, ConvTranspose2d (zero padding), ReLU,
 LeakyReLU (slope in [0, 1]), Sigmoid, Tanh, Identity, Dropout (identity in eval mode), Flatten,
-Unflatten, BatchNorm1d/2d (eval mode, running statistics), AvgPool2d. Anything else raises
-:class:`CannotBound` with the reason; MaxPool2d is among them (no relaxation implemented).
+Unflatten, BatchNorm1d/2d (eval mode, running statistics), AvgPool2d, MaxPool2d (no padding, written
+exactly as ReLUs: ``max(u, v) = relu(u − v) + relu(v) − relu(−v)``). Anything else raises
+:class:`CannotBound` with the reason.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def _layer(m: Any, kind: str, shape: tuple[int, ...], where: str) -> list[Op]:
         return [_batchnorm(m, kind, shape, label)]
     if kind == "AvgPool2d":
         return [_avgpool(m, shape, label)]
+    if kind == "MaxPool2d":
+        return _maxpool(m, shape, label)
     raise CannotBound(f"{label}: no bound propagation for this layer type")
 
 
@@ -150,3 +153,44 @@ def _avgpool(m: Any, shape: tuple[int, ...], label: str) -> Affine:
     channels = shape[0]
     weight = torch.full((channels, 1, kh, kw), 1.0 / (kh * kw), dtype=DTYPE)
     return Conv(weight, None, ConvGeometry(stride, padding, (1, 1), channels), shape, False, "AvgPool2d")
+
+
+def _maxpool(m: Any, shape: tuple[int, ...], label: str) -> list[Op]:
+    """Max pooling, exactly, as a knockout tournament over each window: every round pairs the values
+    left, ``max(u, v) = relu(u − v) + relu(v) − relu(−v)``, so a round is an affine map, a ReLU and the
+    next affine map (grouped convolutions, one group per channel). Where the pooled values are
+    non-negative (after a ReLU, the usual place), ``relu(±v)`` is exact and only ``relu(u − v)`` relaxes."""
+    if len(shape) != 3:
+        raise CannotBound(f"{label} expects (channels, height, width) inputs, gets shape {shape}")
+    if _pair(m.padding) != (0, 0) or m.ceil_mode or m.return_indices:
+        raise CannotBound(f"{label}: padding, ceil_mode and return_indices are not supported (pads are −inf)")
+    kh, kw = _pair(m.kernel_size)
+    stride, dilation = _pair(m.stride if m.stride is not None else m.kernel_size), _pair(m.dilation)
+    slots = torch.eye(kh * kw, dtype=DTYPE)  # the values still in play, as combinations of the current inputs
+    ops: list[Op] = []
+    while slots.shape[0] > 1:
+        pairs, odd = divmod(slots.shape[0], 2)
+        split, merge = [], []
+        for i in range(pairs):  # (u − v, v, −v) → relu → r₀ + r₁ − r₂ = max(u, v)
+            u, v = slots[2 * i], slots[2 * i + 1]
+            split += [u - v, v, -v]
+            merge.append((1.0, 1.0, -1.0))
+        if odd:  # the last value waits a round: (w, −w) → relu → r₀ − r₁ = w
+            split += [slots[-1], -slots[-1]]
+            merge.append((1.0, -1.0))
+        ops.append(_window_map(torch.stack(split), ops, shape, (kh, kw), stride, dilation))
+        ops.append(Activation("ReLU", ops[-1].out_shape, 0.0))
+        slots = torch.block_diag(*[torch.tensor([c], dtype=DTYPE) for c in merge])
+    ops.append(_window_map(slots, ops, shape, (kh, kw), stride, dilation))
+    return ops
+
+
+def _window_map(matrix: torch.Tensor, ops: list[Op], shape, kernel, stride, dilation) -> Conv:
+    """``matrix`` [out, in] applied per channel: over the pooling window for the first map (a grouped
+    convolution with the pooling's geometry), else over the previous ReLU's outputs (1×1)."""
+    channels = shape[0]
+    first = not ops
+    size = kernel if first else (1, 1)
+    weight = matrix.reshape(matrix.shape[0], 1 if first else matrix.shape[1], *size).repeat(channels, 1, 1, 1)
+    geometry = ConvGeometry(stride if first else (1, 1), (0, 0), dilation if first else (1, 1), channels)
+    return Conv(weight, None, geometry, shape if first else ops[-1].out_shape, False, "MaxPool2d")
