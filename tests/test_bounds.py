@@ -179,6 +179,50 @@ def test_maxpool_is_an_exact_relu_tournament(kernel, stride, dilation):
     assert out.shape == expected.shape and (out - expected).abs().max() < 1e-14
 
 
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.Conv1d(3, 4, 3, stride=2, padding=1),
+        nn.Conv1d(3, 4, 3, dilation=2, groups=1, bias=False),
+        nn.ConvTranspose1d(3, 2, 4, stride=2, padding=1, output_padding=1),
+        nn.AvgPool1d(3, stride=2, padding=1),
+        nn.MaxPool1d(3, stride=2),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_one_d_layers_are_their_two_d_forms_exactly(layer):
+    torch.manual_seed(6)
+    layer = layer.double().eval()
+    x = torch.randn(4, 3, 11, dtype=DTYPE)
+    ops = to_ops(layer, (3, 11))
+    out = x
+    for op in ops:
+        out = op.forward(out) if isinstance(op, Affine) else out.clamp(min=0)
+    with torch.no_grad():
+        expected = layer(x)
+    assert out.shape == expected.shape and (out - expected).abs().max() < 1e-13
+    for op in ops:  # the backward pass's contract, ⟨Λ, L x⟩ = ⟨Lᵀ Λ, x⟩, holds for the 2-D forms and the views
+        if isinstance(op, Affine):
+            v, lam = torch.randn(2, *op.in_shape, dtype=DTYPE), torch.randn(2, *op.out_shape, dtype=DTYPE)
+            lhs, rhs = (lam * op.linear(v)).flatten(1).sum(1), (op.adjoint(lam) * v).flatten(1).sum(1)
+            assert lhs.tolist() == pytest.approx(rhs.tolist(), rel=1e-10)
+
+
+def test_conv1d_autoencoder_bounds_nested():
+    """A 1-D convolutional autoencoder for short sensor windows (the time-series detector's shape)."""
+    torch.manual_seed(7)
+    enc = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(12, 2))
+    dec = nn.Sequential(nn.Linear(2, 12), nn.Tanh(), nn.Unflatten(1, (4, 3)), nn.ConvTranspose1d(4, 2, 2, stride=2))
+    enc.eval(), dec.eval()
+    net = input_network([enc, dec], (2, 6))
+    x = torch.randn(3, 12, dtype=DTYPE)
+    with torch.no_grad():
+        xs = x.reshape(3, 2, 6)
+        expected = (xs - dec.double()(enc.double()(xs))).pow(2).flatten(1).mean(1)
+    assert net.evaluate(x)[0].tolist() == pytest.approx(expected.tolist(), rel=1e-12)
+    assert_nested(net, *boxes(3, 12, seed=8, half=0.05), samples=400)
+
+
 def test_conv_maxpool_autoencoder_bounds_nested():
     """Conv → ReLU → MaxPool, the usual encoder block: IBP ⊇ CROWN ⊇ the sampled range."""
     torch.manual_seed(5)

@@ -5,12 +5,14 @@ its children in order and each child keeps its class name in ``original_name``),
 ``LinearBlock``, or a single supported layer. Supported layers: Linear, Conv2d, ConvTranspose2d (zero padding), ReLU,
 LeakyReLU (slope in [0, 1]), Sigmoid, Tanh, Identity, Dropout (identity in eval mode), Flatten,
 Unflatten, BatchNorm1d/2d (eval mode, running statistics), AvgPool2d, MaxPool2d (no padding, written
-exactly as ReLUs: ``max(u, v) = relu(u − v) + relu(v) − relu(−v)``). Anything else raises
-:class:`CannotBound` with the reason.
+exactly as ReLUs: ``max(u, v) = relu(u − v) + relu(v) − relu(−v)``), and the 1-D forms Conv1d,
+ConvTranspose1d, AvgPool1d and MaxPool1d (as their 2-D forms on a ``(channels, 1, length)`` view).
+Anything else raises :class:`CannotBound` with the reason.
 """
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -33,6 +35,7 @@ ACTIVATIONS = {"ReLU", "LeakyReLU", "Sigmoid", "Tanh"}
 # PyOD's LinearBlock.forward: linear → batch norm → activation → dropout (not its registration order;
 # every chain is also checked numerically against the model's own loss before use: network.check_against)
 PYOD_BLOCK_ORDER = ("linear", "bn", "activation", "dropout")
+ONE_D = {"Conv1d": "Conv2d", "ConvTranspose1d": "ConvTranspose2d", "AvgPool1d": "AvgPool2d", "MaxPool1d": "MaxPool2d"}
 MODE_DEPENDENT = IDENTITIES - {"Identity"} | {"BatchNorm1d", "BatchNorm2d"}  # behave differently in training mode
 
 
@@ -97,6 +100,8 @@ def _layer(m: Any, kind: str, shape: tuple[int, ...], where: str) -> list[Op]:
         return [_avgpool(m, shape, label)]
     if kind == "MaxPool2d":
         return _maxpool(m, shape, label)
+    if kind in ONE_D:
+        return _one_d(m, kind, shape, label)
     raise CannotBound(f"{label}: no bound propagation for this layer type")
 
 
@@ -194,3 +199,30 @@ def _window_map(matrix: torch.Tensor, ops: list[Op], shape, kernel, stride, dila
     weight = matrix.reshape(matrix.shape[0], 1 if first else matrix.shape[1], *size).repeat(channels, 1, 1, 1)
     geometry = ConvGeometry(stride if first else (1, 1), (0, 0), dilation if first else (1, 1), channels)
     return Conv(weight, None, geometry, shape if first else ops[-1].out_shape, False, "MaxPool2d")
+
+
+def _one_d(m: Any, kind: str, shape: tuple[int, ...], label: str) -> list[Op]:
+    """A 1-D convolution or pooling as its 2-D form on a ``(channels, 1, length)`` view of the input."""
+    if len(shape) != 2:
+        raise CannotBound(f"{label} expects (channels, length) inputs, gets shape {shape}")
+
+    def widen(name: str, value: Any) -> Any:
+        if name == "weight":
+            return value.unsqueeze(2)  # [out, in/groups, k] → [out, in/groups, 1, k]
+        if name in ("kernel_size", "stride", "dilation", "padding", "output_padding") and value is not None:
+            if isinstance(value, str):
+                return value  # padding="same": refused by the 2-D form with its reason
+            (v,) = (value,) if isinstance(value, int) else tuple(value)
+            return (0 if name in ("padding", "output_padding") else 1, int(v))
+        return value
+
+    names = ("weight", "bias", "kernel_size", "stride", "dilation", "padding", "output_padding", "groups")
+    names += ("padding_mode", "ceil_mode", "count_include_pad", "return_indices")
+    view = SimpleNamespace(divisor_override=None, training=False)
+    for name in names:
+        if hasattr(m, name):
+            setattr(view, name, widen(name, getattr(m, name)))
+    square = (shape[0], 1, shape[1])
+    ops = _layer(view, ONE_D[kind], square, label)
+    channels, _, length = ops[-1].out_shape
+    return [Reshape(shape, square, kind), *ops, Reshape(ops[-1].out_shape, (channels, length), kind)]
