@@ -23,13 +23,8 @@ import torch
 
 from aeaudit.model import load_model
 from aeaudit.scorers.energy import EnergyScorer
-from aeaudit.scorers.gradcon import (
-    GradConScorer,
-    decoder_weight_layers,
-    gradcon_score,
-    per_sample_grads_hooks,
-    per_sample_grads_loop,
-)
+from aeaudit.scorers.gradcon import GradConScorer, decoder_weight_layers, gradcon_score
+from aeaudit.scorers.per_sample import per_sample_grads_hooks, per_sample_grads_loop
 from aeaudit.zoo import ConvAutoencoder, GradConCAE
 
 

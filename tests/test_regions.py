@@ -129,11 +129,11 @@ def test_grouping_is_deterministic_and_ranks_regions_like_findings(rays_state):
 
 
 def test_out_of_path_checks_regions_stay_split_and_the_grouping_says_so(rays_state, monkeypatch):
-    import aeaudit.regions
+    import aeaudit.region_paths
 
     findings = _findings_at(rays_state, [[10.0, 0.0], [20.0, 0.0], [40.0, 0.0]])
-    monkeypatch.setattr(aeaudit.regions, "PAIR_BATCH", 1)
-    monkeypatch.setattr(aeaudit.regions, "MAX_PATH_EVALUATIONS", 1)
+    monkeypatch.setattr(aeaudit.region_paths, "PAIR_BATCH", 1)
+    monkeypatch.setattr(aeaudit.region_paths, "MAX_PATH_EVALUATIONS", 1)
     regions, grouping = group_regions(findings, rays_state.verifier, rays_state.baseline)
     assert not grouping["complete"] and grouping["path_evaluations"] >= 1
     assert len(regions) == 2  # one path checked and joined; the other pair never tried, so never merged

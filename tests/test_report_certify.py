@@ -26,7 +26,7 @@ from test_search import disc_data
 import aeaudit
 from aeaudit.bounds.bab import box_coordinates
 from aeaudit.probes.random_search import RandomSearch
-from aeaudit.report import plots
+from aeaudit.report import certify_plots
 from aeaudit.report.certification import STATES, outcome_kind, percent
 from aeaudit.report.certification_views import HINTS, box_corners, certification_view
 from aeaudit.report.fmt import normalise
@@ -265,5 +265,5 @@ def test_twenty_thousand_boxes_draw_in_one_collection_per_state():
     lo = rng.random((20_000, 2)) * (1 - np.ldexp(1.0, -levels))
     boxes = {s: (lo[i::4], (lo + np.ldexp(1.0, -levels))[i::4]) for i, s in enumerate(STATES)}
     start = time.perf_counter()
-    src = plots.certify_boxes(boxes, [0, 0], [1, 1], {s: s for s in STATES}, points=rng.random((50, 2)))
+    src = certify_plots.certify_boxes(boxes, [0, 0], [1, 1], {s: s for s in STATES}, points=rng.random((50, 2)))
     assert src.startswith("data:image/png;base64,") and time.perf_counter() - start < 30

@@ -17,15 +17,8 @@ from aeaudit.errors import InputError
 from aeaudit.gaps import _verdict, adaptive_probe_names, compare_scorers
 from aeaudit.model import load_model
 from aeaudit.scorers import SCORERS, make_scorer
-from aeaudit.scorers.gradcon import (
-    REFERENCE_KEY,
-    GradConScorer,
-    decoder_weight_layers,
-    gradcon_score,
-    per_sample_grads_func,
-    per_sample_grads_hooks,
-    per_sample_grads_loop,
-)
+from aeaudit.scorers.gradcon import REFERENCE_KEY, GradConScorer, decoder_weight_layers, gradcon_score
+from aeaudit.scorers.per_sample import per_sample_grads_func, per_sample_grads_hooks, per_sample_grads_loop
 from aeaudit.scorers.toll import BETA_KEY
 from aeaudit.zoo import GradConCAE
 

@@ -15,6 +15,7 @@ Tensors carry a leading batch dimension; ``in_shape``/``out_shape`` are per samp
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ from . import relax
 DTYPE = torch.float64
 
 
-class Affine:
+class Affine(ABC):
     """``y = L(x) + bias``; subclasses implement ``_apply(x, weight)`` and ``adjoint``."""
 
     kind = "affine"
@@ -35,17 +36,17 @@ class Affine:
         self.name, self.in_shape, self.out_shape = name, tuple(in_shape), tuple(out_shape)
         self.bias = None if bias is None else bias.to(DTYPE)
 
-    # the weight-dependent part, with a chosen weight tensor (the real one, |W|, W⁺ or W⁻)
+    @abstractmethod
     def _apply(self, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        """The weight-dependent part, with a chosen weight tensor (the real one, |W|, W⁺ or W⁻)."""
 
+    @abstractmethod
     def _weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """``(W, |W|, W⁺, W⁻)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def adjoint(self, lam: torch.Tensor) -> torch.Tensor:
         """``Lᵀ`` on a batch of coefficient tensors ``[N, *out_shape] → [N, *in_shape]``."""
-        raise NotImplementedError
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         return self._apply(x, self._weights()[0])

@@ -28,6 +28,10 @@ INSTALL_HINT = "install ONNX support: pip install 'aeaudit[onnx]'"
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
+class Unconvertible(Exception):
+    """A node (or attribute) outside the converted subset: the graph runs on onnxruntime instead."""
+
+
 def _onnx():
     try:
         import onnx
@@ -40,7 +44,7 @@ def _onnx():
 def _pads(attrs: dict, spatial: int) -> list[int]:
     pads = attrs.get("pads") or [0] * (2 * spatial)
     if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID"):
-        raise NotImplementedError("auto_pad SAME_*")
+        raise Unconvertible("auto_pad SAME_*")
     return list(pads)
 
 
@@ -69,10 +73,10 @@ def _conv(x, w, b=None, **a):
 def _conv_transpose(x, w, b=None, **a):
     spatial = w.dim() - 2
     if "output_shape" in a:
-        raise NotImplementedError("ConvTranspose output_shape")
+        raise Unconvertible("ConvTranspose output_shape")
     padding, explicit = _symmetric(_pads(a, spatial), spatial)
     if explicit:
-        raise NotImplementedError("asymmetric ConvTranspose pads")
+        raise Unconvertible("asymmetric ConvTranspose pads")
     conv = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[spatial - 1]
     return conv(
         x,
@@ -100,7 +104,7 @@ def _pool(kind):
         spatial = x.dim() - 2
         padding, explicit = _symmetric(_pads(a, spatial), spatial)
         if explicit or a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1])):
-            raise NotImplementedError(f"{kind} with asymmetric pads, ceil_mode or dilations")
+            raise Unconvertible(f"{kind} with asymmetric pads, ceil_mode or dilations")
         kernel, stride = a["kernel_shape"], a.get("strides", 1)
         if kind == "max":
             return (F.max_pool1d, F.max_pool2d, F.max_pool3d)[spatial - 1](x, kernel, stride, padding)
@@ -153,7 +157,7 @@ def _slice(x, starts, ends, axes=None, steps=None, **a):
     index = [slice(None)] * x.dim()
     for s, e, ax, st in zip(starts, ends, axes, steps):
         if st < 1:
-            raise NotImplementedError("Slice with negative steps")
+            raise Unconvertible("Slice with negative steps")
         size = x.shape[ax]
         index[ax] = slice(max(min(s, size), -size), max(min(e, size), -size - 1), st)
     return x[tuple(index)]
@@ -238,7 +242,7 @@ def _constant(attrs: dict) -> torch.Tensor:
         if key in attrs:
             value = attrs[key]
             return value if isinstance(value, torch.Tensor) else torch.tensor(value)
-    raise NotImplementedError(f"Constant with {', '.join(attrs)}")
+    raise Unconvertible(f"Constant with {', '.join(attrs)}")
 
 
 class OnnxGraph(nn.Module):
@@ -268,7 +272,7 @@ class OnnxGraph(nn.Module):
         self.steps: list[tuple[str, list[str], list[str], dict]] = []
         for node in graph.node:
             if node.domain not in STANDARD_DOMAINS or node.op_type not in OPS and node.op_type != "Constant":
-                raise NotImplementedError(f"operator {node.domain + '.' if node.domain else ''}{node.op_type}")
+                raise Unconvertible(f"operator {node.domain + '.' if node.domain else ''}{node.op_type}")
             self.steps.append((node.op_type, list(node.input), list(node.output), _attributes(node, onnx)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -383,7 +387,7 @@ def load_onnx(data: bytes, path: Path) -> tuple[nn.Module, tuple[int, ...] | Non
     try:
         module = OnnxGraph(model, onnx)
         why = _agrees_with_onnxruntime(module, data, shape) if shape else ""
-    except NotImplementedError as exc:
+    except Unconvertible as exc:
         why = f"{exc} is not converted to torch"
     except InputError:
         raise

@@ -28,13 +28,13 @@ import numpy as np
 import scipy.linalg
 import torch
 
+from ..findings import measured_finding
 from ..verdict import SEVERITY_RANK
 from .analytic import (
     CERTIFY_FROM_RATIO,
     EXAMPLE_RATIO,
     affinity_test,
     box_exit,
-    certificate,
     extreme_rows,
     feature_scale,
     fit_pca,
@@ -185,7 +185,18 @@ class AffineCheck(Probe):
         if b.domain.bounded:
             details["domain"] = f"bounded {b.domain.reason}: rays end at the box edge, no unbounded claim"
         x = pts[j].reshape(adapter.input_shape).numpy()
-        finding = certificate(verifier, self.name, sev, loss[j], dist[j], nn_idx[j], x, rec[j], details)
+        finding = measured_finding(
+            verifier,
+            kind="certificate",
+            probe=self.name,
+            severity=sev,
+            loss=loss[j],
+            distance=dist[j],
+            nearest=nn_idx[j],
+            x=x,
+            reconstruction=rec[j],
+            details=details,
+        )
         reach = (
             "unbounded (slope zero to float64 precision)"
             if primary["unbounded"]

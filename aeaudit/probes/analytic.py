@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..baseline import Baseline
-from ..findings import Finding, Verifier, measured_finding
+from ..findings import Verifier
 from ..geometry import Domain
 from ..model.adapter import AutoencoderAdapter
 from .base import ProbeContext
@@ -211,33 +211,6 @@ def affinity_test(
     rel = float((dev / size.clamp_min(np.finfo(np.float64).tiny)).max())
     tol = math.sqrt(dtype_eps(adapter.dtype))
     return bool(math.isfinite(rel) and rel <= tol), rel, tol, int(pts.shape[0])
-
-
-def certificate(
-    verifier: Verifier,
-    probe: str,
-    severity: str,
-    loss: float,
-    distance: float,
-    nearest: int,
-    x: np.ndarray,
-    reconstruction: np.ndarray,
-    details: dict,
-) -> Finding:
-    """A verified ``certificate`` finding from float64 measurements (``nearest``: the verifier's index
-    of the nearest normal sample)."""
-    return measured_finding(
-        verifier,
-        kind="certificate",
-        probe=probe,
-        severity=severity,
-        loss=loss,
-        distance=distance,
-        nearest=nearest,
-        x=x,
-        reconstruction=reconstruction,
-        details=details,
-    )
 
 
 def round_list(values, digits: int = 6) -> list:

@@ -28,14 +28,13 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..findings import Candidates, Finding
+from ..findings import Candidates, Finding, measured_finding
 from ..model.inventory import SMOOTH_ACTIVATIONS
 from .analytic import (
     CERTIFY_FROM_RATIO,
     EXAMPLE_RATIO,
     affinity_test,
     box_exit,
-    certificate,
     dtype_eps,
     feature_scale,
     fit_pca,
@@ -471,16 +470,17 @@ class FarField(Probe):
             }
             details["ray"] = {"origin": round_list(origins[i], 9), "direction": round_list(dirs[i], 9)}
             findings.append(
-                certificate(
+                measured_finding(
                     float64_verifier(ctx),
-                    self.name,
-                    sev,
-                    loss[j],
-                    dist[j],
-                    nn,
-                    x.reshape(adapter.input_shape).numpy(),
-                    rec[0],
-                    details,
+                    kind="certificate",
+                    probe=self.name,
+                    severity=sev,
+                    loss=loss[j],
+                    distance=dist[j],
+                    nearest=nn,
+                    x=x.reshape(adapter.input_shape).numpy(),
+                    reconstruction=rec[0],
+                    details=details,
                 )
             )
             if len(findings) == self.max_certificates:

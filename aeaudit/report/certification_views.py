@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from . import plots
+from . import certify_plots, plots
 from .certification import (
     SPACE_NAMES,
     STATE_MEANINGS,
@@ -210,7 +210,7 @@ def _figure(report: dict[str, Any], space: str, result: dict[str, Any]) -> dict[
     if d == 1:
         figure = safe_figure(
             what,
-            plots.certify_intervals,
+            certify_plots.certify_intervals,
             boxes,
             plots.as_floats(r.get("low"))[0],
             plots.as_floats(r.get("high"))[0],
@@ -226,7 +226,7 @@ def _figure(report: dict[str, Any], space: str, result: dict[str, Any]) -> dict[
     else:
         figure = safe_figure(
             what,
-            plots.certify_boxes,
+            certify_plots.certify_boxes,
             boxes,
             r.get("low"),
             r.get("high"),

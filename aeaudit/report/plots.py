@@ -28,7 +28,7 @@ FLOOR_BELOW_TAU = 1e-8  # the loss-vs-distance plot shows at most 8 decades belo
 
 
 @contextmanager
-def _style() -> Iterator[None]:
+def figure_style() -> Iterator[None]:
     import matplotlib
     import matplotlib.style
 
@@ -49,13 +49,13 @@ def _style() -> Iterator[None]:
         yield
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _data_uri(fig, fmt: str = "svg", dpi: int = 100) -> str:
+def data_uri(fig, fmt: str = "svg", dpi: int = 100) -> str:
     buf = io.BytesIO()
     metadata = {"Date": None} if fmt == "svg" else {"Software": None}
     fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata)
@@ -72,7 +72,7 @@ def as_floats(values: Any) -> np.ndarray:
     )
 
 
-def _positive_floor(*arrays: np.ndarray) -> float:
+def positive_floor(*arrays: np.ndarray) -> float:
     """A value below every positive loss, where zero losses are drawn on a log axis."""
     pos = np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays] or [np.empty(0)])
     return float(pos.min()) / 10 if len(pos) else 1e-12
@@ -81,15 +81,15 @@ def _positive_floor(*arrays: np.ndarray) -> float:
 def loss_histogram(groups: dict[str, Sequence[float]], tau_min: float, tau_op: float) -> str:
     """Histograms of the loss per group on a log axis (each group normalised to its own size),
     with τ_min and τ_op marked; groups of fewer than 20 values are also drawn as ticks."""
-    with _style():
+    with figure_style():
         data = {k: as_floats(v) for k, v in groups.items() if v is not None and len(v)}
         data = {k: v[np.isfinite(v)] for k, v in data.items()}
         data = {k: v for k, v in data.items() if len(v)}
-        floor = _positive_floor(*data.values(), np.asarray([tau_min, tau_op], dtype=float))
+        floor = positive_floor(*data.values(), np.asarray([tau_min, tau_op], dtype=float))
         lo = min([floor] + [float(np.maximum(v, floor).min()) for v in data.values()])
         hi = max([tau_op * 1.5] + [float(v.max()) for v in data.values()])
         bins = np.geomspace(lo, hi * 1.0001, 46)
-        fig = _figure(7.2, 2.8)
+        fig = new_figure(7.2, 2.8)
         ax = fig.add_subplot()
         for name, v in data.items():
             colour = GROUP_COLOURS.get(name, None)
@@ -121,7 +121,7 @@ def loss_histogram(groups: dict[str, Sequence[float]], tau_min: float, tau_op: f
         ax.set_xlabel("reconstruction loss L_R (log scale)")
         ax.set_ylabel("fraction of the group")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-        return _data_uri(fig)
+        return data_uri(fig)
 
 
 def loss_vs_distance(
@@ -130,8 +130,8 @@ def loss_vs_distance(
     """Log-log loss along each ray against the distance ratio d/s, with τ_min, τ_op and δ/s marked.
 
     ``series``: ``[{"label", "distance", "loss", "style"?}]`` with raw distances (divided by s here)."""
-    with _style():
-        fig = _figure(7.2, 3.2)
+    with figure_style():
+        fig = new_figure(7.2, 3.2)
         ax = fig.add_subplot()
         prepared = []
         for s in series[:MAX_SERIES]:
@@ -143,7 +143,7 @@ def loss_vs_distance(
                 prepared.append((s, d[ok] / scale, loss[ok]))
         # tiny losses (PCA's own, ~1e-30) would stretch the axis over dozens of decades
         floor = max(
-            _positive_floor(*[p[2] for p in prepared], np.asarray([tau_min], dtype=float)),
+            positive_floor(*[p[2] for p in prepared], np.asarray([tau_min], dtype=float)),
             min(tau_min, tau_op) * FLOOR_BELOW_TAU,
         )
         for s, dr, loss in prepared:
@@ -169,7 +169,7 @@ def loss_vs_distance(
         ax.set_xlabel("distance from the normal data, d / s (log)")
         ax.set_ylabel("loss L_R (log)")
         ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
-        return _data_uri(fig)
+        return data_uri(fig)
 
 
 def complete_stride(grid: np.ndarray) -> int:
@@ -205,17 +205,17 @@ def latent_map(
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    with _style():
+    with figure_style():
         xs, ys = as_floats(x), as_floats(y)
         grid = np.asarray([as_floats(row) for row in losses], dtype=np.float64)
-        floor = _positive_floor(grid[np.isfinite(grid)])
+        floor = positive_floor(grid[np.isfinite(grid)])
         grid = np.where(np.isfinite(grid), np.maximum(grid, floor), np.nan)
         far_grid = np.asarray([as_floats(row) for row in far], dtype=np.float64) if far is not None else None
         if far_grid is not None and far_grid.shape != grid.shape:
             far_grid = None
         if len(ys) == 1:
             return _latent_line(xs, grid[0], eps, far_grid[0] if far_grid is not None else None, normal, marks, xlabel)
-        fig = _figure(6.6, 6.0)
+        fig = new_figure(6.6, 6.0)
         ax = fig.add_subplot()
         mesh = ax.pcolormesh(
             xs,
@@ -312,7 +312,7 @@ def latent_map(
         )
         if handles:
             ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8)
-        return _data_uri(fig, "png", dpi=110)
+        return data_uri(fig, "png", dpi=110)
 
 
 def _latent_line(
@@ -326,7 +326,7 @@ def _latent_line(
 ) -> str:
     """The 1-D latent map: loss of the decoded point along the latent axis, the blind part (below
     ``eps`` and far) filled red, the rest below ``eps`` pale, normal latents as ticks along the bottom."""
-    fig = _figure(7.2, 3.6)
+    fig = new_figure(7.2, 3.6)
     ax = fig.add_subplot()
     ax.plot(xs, loss, color="#2c3e50", lw=1.2)
     low = np.isfinite(loss) & (loss < eps)
@@ -372,7 +372,7 @@ def _latent_line(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss of the decoded point (log)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=8)
-    return _data_uri(fig)
+    return data_uri(fig)
 
 
 def to_image(flat: Any, shape: Sequence[int]) -> np.ndarray | None:
@@ -394,8 +394,8 @@ def to_image(flat: Any, shape: Sequence[int]) -> np.ndarray | None:
 def gallery_image(panels: Sequence[tuple[str, np.ndarray]], low: float | None, high: float | None) -> str:
     """One row of images (input, reconstruction, |difference|, nearest normal) as a PNG.
     Inputs share the domain's value range; the difference has its own scale."""
-    with _style():
-        fig = _figure(1.45 * len(panels), 1.7)
+    with figure_style():
+        fig = new_figure(1.45 * len(panels), 1.7)
         finite = [p for _, p in panels if np.isfinite(p).any()]
         vlo = low if low is not None else min(float(np.nanmin(p)) for p in finite)
         vhi = high if high is not None else max(float(np.nanmax(p)) for p in finite)
@@ -415,13 +415,13 @@ def gallery_image(panels: Sequence[tuple[str, np.ndarray]], low: float | None, h
             ax.set_title(title, fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-        return _data_uri(fig, "png", dpi=90)
+        return data_uri(fig, "png", dpi=90)
 
 
 def roc_curves(curves: dict[str, dict[str, Sequence[float]]], auroc: dict[str, float] | None = None) -> str:
     """ROC curves of the compared scorers (held-out normal vs adversarial anomalies)."""
-    with _style():
-        fig = _figure(4.6, 3.8)
+    with figure_style():
+        fig = new_figure(4.6, 3.8)
         ax = fig.add_subplot()
         for name, c in curves.items():
             fpr, tpr = as_floats(c.get("fpr")), as_floats(c.get("tpr"))
@@ -439,212 +439,4 @@ def roc_curves(curves: dict[str, dict[str, Sequence[float]]], auroc: dict[str, f
         ax.set_xlabel("false-positive rate (held-out normal)")
         ax.set_ylabel("true-positive rate")
         ax.legend(loc="lower right", fontsize=8)
-        return _data_uri(fig)
-
-
-# Drawing order: the normal data's neighbourhood first, what matters most (a blind spot) last. Blue
-# (proven, as the certified banner), grey, amber and red stay apart for colour-blind readers too;
-# no hatching: it costs seconds per thousand boxes.
-CERTIFY_STYLES = {
-    "near": {"facecolor": "#d4d4d4", "edgecolor": "#a8a8a8"},
-    "certified": {"facecolor": "#6fa8dc", "edgecolor": "#1f5f99"},
-    "unknown": {"facecolor": "#fdc04a", "edgecolor": "#a86b00"},
-    "falsified": {"facecolor": "#d7191c", "edgecolor": "#67000d"},
-}
-CERTIFY_POINT_COLOUR = "#111111"
-ASPECT_MAX = 3.0  # a box plane at most this elongated is drawn to scale
-SPOTTED = ("unknown",)  # states whose tiny boxes also get a dot at their centre: unresolved spots must not vanish
-TINY = 0.01  # a box narrower than this share of the plot, in some dimension, is hard to see
-
-
-def _tiny_centres(lo: np.ndarray, hi: np.ndarray, low: Any, high: Any) -> np.ndarray:
-    """Centres of the boxes narrower than ``TINY`` of the plot in some dimension."""
-    tiny = ((hi - lo) < TINY * (as_floats(high) - as_floats(low))).any(axis=1)
-    return (lo[tiny] + hi[tiny]) / 2
-
-
-def _box_legend(labels: dict[str, str]) -> list:
-    from matplotlib.patches import Patch
-
-    return [
-        Patch(**{k: v for k, v in CERTIFY_STYLES[s].items()}, linewidth=0.8, label=labels[s])
-        for s in ("certified", "near", "falsified", "unknown")
-        if s in labels
-    ]
-
-
-def certify_boxes(
-    boxes: dict[str, tuple[np.ndarray, np.ndarray]],
-    low: Sequence[float],
-    high: Sequence[float],
-    labels: dict[str, str],
-    *,
-    field: dict[str, Any] | None = None,
-    normal: Any = None,
-    points: Any = None,
-    normal_label: str = "normal data",
-    xlabel: str = "x₁",
-    ylabel: str = "x₂",
-    title: str = "",
-) -> str:
-    """The certify check's boxes over a 2-D plane (input space or latent map), one polygon
-    collection per state, so thousands of boxes draw in one call each. ``boxes[state] = (lo, hi)``
-    with ``[N, 2]`` corners; ``field``: the latent map (``u``, ``v``, ``losses``, ``eps``, ``far``)
-    whose τ_op contour and δ edge are drawn over the boxes; ``normal``: normal points; ``points``:
-    the counterexamples."""
-    from matplotlib.collections import PolyCollection
-    from matplotlib.lines import Line2D
-
-    span = as_floats(high) - as_floats(low)
-    to_scale = max(span) <= ASPECT_MAX * min(span)  # distances are Euclidean: keep them true where that fits
-    # to scale, the figure's height follows the plane's shape (title, axis and legend take about 2 in)
-    height = float(np.clip(4.2 * span[1] / span[0] + 2.0, 3.6, 7.2)) if to_scale else 6.0
-    with _style():
-        fig = _figure(5.8, height)
-        ax = fig.add_subplot()
-        for state, style in CERTIFY_STYLES.items():
-            lo, hi = boxes.get(state, (np.empty((0, 2)), np.empty((0, 2))))
-            if not len(lo):
-                continue
-            verts = np.stack(
-                [
-                    np.stack([lo[:, 0], lo[:, 1]], 1),
-                    np.stack([hi[:, 0], lo[:, 1]], 1),
-                    np.stack([hi[:, 0], hi[:, 1]], 1),
-                    np.stack([lo[:, 0], hi[:, 1]], 1),
-                ],
-                axis=1,
-            )
-            width = 0.5 if len(lo) < 400 else 0.2
-            ax.add_collection(PolyCollection(verts, linewidths=width, rasterized=True, **style))
-            if state in SPOTTED:  # boxes too small to see still show where they are
-                centre = _tiny_centres(lo, hi, low, high)
-                ax.scatter(
-                    centre[:, 0],
-                    centre[:, 1],
-                    s=9,
-                    c=style["facecolor"],
-                    edgecolors=style["edgecolor"],
-                    lw=0.4,
-                    zorder=5,
-                )
-        handles = _box_legend(labels)
-        if field is not None:
-            handles += _field_contours(ax, field)
-        if normal is not None and len(normal):
-            pts = np.asarray([as_floats(p) for p in normal], dtype=np.float64)
-            ax.scatter(pts[:, 0], pts[:, 1], s=3, c=NORMAL_COLOUR, linewidths=0, alpha=0.8, zorder=3)
-            handles.append(Line2D([], [], ls="none", marker="o", ms=3, color=NORMAL_COLOUR, label=normal_label))
-        if points is not None and len(points):
-            pts = np.asarray(points, dtype=np.float64)
-            ax.scatter(pts[:, 0], pts[:, 1], s=14, marker="x", c=CERTIFY_POINT_COLOUR, linewidths=0.8, zorder=4)
-            handles.append(
-                Line2D([], [], ls="none", marker="x", ms=5, color=CERTIFY_POINT_COLOUR, label="counterexamples")
-            )
-        lo, hi = as_floats(low), as_floats(high)
-        ax.set_xlim(lo[0], hi[0])
-        ax.set_ylim(lo[1], hi[1])
-        if to_scale:
-            ax.set_aspect("equal")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=9)
-        return _data_uri(fig, "png", dpi=110)
-
-
-def _field_contours(ax, field: dict[str, Any]) -> list:
-    """The latent map's loss = τ_op contour and the edge of the part within δ of the normal data."""
-    from matplotlib.lines import Line2D
-
-    xs, ys = as_floats(field.get("u")), as_floats(field.get("v"))
-    grid = np.asarray([as_floats(row) for row in field.get("losses") or []], dtype=np.float64)
-    handles = []
-    if grid.shape != (len(ys), len(xs)) or len(ys) < 2:
-        return handles
-    low = (np.isfinite(grid) & (grid < field["eps"])).astype(float)
-    if 0 < low.sum() < low.size:
-        ax.contour(xs, ys, low, levels=[0.5], colors=[LOW_LOSS_COLOUR], linewidths=1.1, zorder=2)
-        handles.append(Line2D([], [], color=LOW_LOSS_COLOUR, lw=1.1, label="latent map: loss = τ_op"))
-    far = field.get("far")
-    far_grid = np.asarray([as_floats(row) for row in far], dtype=np.float64) if far else None
-    if far_grid is not None and far_grid.shape == grid.shape and 0 < (far_grid > 0).sum() < far_grid.size:
-        ax.contour(
-            xs, ys, (far_grid > 0).astype(float), levels=[0.5], colors=[LOW_LOSS_COLOUR], linewidths=1.1, linestyles=":"
-        )
-        handles.append(
-            Line2D([], [], color=LOW_LOSS_COLOUR, lw=1.1, ls=":", label="latent map: δ from the normal data")
-        )
-    return handles
-
-
-def certify_intervals(
-    boxes: dict[str, tuple[np.ndarray, np.ndarray]],
-    low: float,
-    high: float,
-    labels: dict[str, str],
-    *,
-    curve: tuple[Any, Any] | None = None,
-    eps: float | None = None,
-    normal: Any = None,
-    points: Any = None,
-    normal_label: str = "normal data",
-    xlabel: str = "z₁",
-    title: str = "",
-) -> str:
-    """The certify check's intervals along a 1-D axis: a strip of the intervals in their states, with
-    the normal points and the counterexamples, under the latent map's loss curve (``curve = (z, loss)``)
-    and τ_op (``eps``) when given."""
-    from matplotlib.lines import Line2D
-
-    with _style():
-        fig = _figure(6.2, 3.8 if curve is not None else 2.2)
-        if curve is not None:
-            top, strip = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-        else:
-            top, strip = None, fig.add_subplot()
-        for state, style in CERTIFY_STYLES.items():
-            lo, hi = boxes.get(state, (np.empty((0, 1)), np.empty((0, 1))))
-            if len(lo):
-                strip.broken_barh(list(zip(lo[:, 0], hi[:, 0] - lo[:, 0])), (0.0, 1.0), linewidth=0.3, **style)
-                if state in SPOTTED:
-                    centre = _tiny_centres(lo, hi, [low], [high])[:, 0]
-                    strip.plot(
-                        centre,
-                        np.full(len(centre), 0.55),
-                        "o",
-                        ms=2.5,
-                        mfc=style["facecolor"],
-                        mec=style["edgecolor"],
-                        mew=0.3,
-                    )
-        handles = _box_legend(labels)
-        if normal is not None and len(normal):
-            pts = as_floats([as_floats(p)[0] for p in normal])
-            strip.plot(pts, np.full(len(pts), 0.8), "|", color=NORMAL_COLOUR, ms=9, alpha=0.7)
-            handles.append(Line2D([], [], ls="none", marker="|", ms=7, color=NORMAL_COLOUR, label=normal_label))
-        if points is not None and len(points):
-            pts = np.asarray(points, dtype=np.float64)[:, 0]
-            strip.plot(pts, np.full(len(pts), 0.35), "x", color=CERTIFY_POINT_COLOUR, ms=6)
-            handles.append(
-                Line2D([], [], ls="none", marker="x", ms=5, color=CERTIFY_POINT_COLOUR, label="counterexamples")
-            )
-        strip.set_ylim(0, 1)
-        strip.set_yticks([])
-        strip.set_xlim(float(low), float(high))
-        strip.set_xlabel(xlabel)
-        if top is not None:
-            z, loss = as_floats(curve[0]), as_floats(curve[1])
-            ok = np.isfinite(loss)
-            top.plot(z[ok], np.maximum(loss[ok], _positive_floor(loss[ok], as_floats([eps]))), color="#2c3e50", lw=1.2)
-            handles.append(Line2D([], [], color="#2c3e50", lw=1.2, label="latent map: loss of the decode"))
-            if eps is not None:
-                top.axhline(eps, color=TAU_OP_COLOUR, lw=0.9, ls="--")
-                handles.append(Line2D([], [], color=TAU_OP_COLOUR, lw=0.9, ls="--", label=f"τ_op = {eps:.3g}"))
-            top.set_yscale("log")
-            top.set_ylabel("loss of the decode (log)")
-            top.set_title(title)
-        else:
-            strip.set_title(title)
-        strip.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=2, fontsize=9)
-        return _data_uri(fig, "png", dpi=110)
+        return data_uri(fig)
